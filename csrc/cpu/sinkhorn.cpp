@@ -1,0 +1,210 @@
+// Log-domain Sinkhorn on the CPU, forward and backward (reference: tokred/reference/sinkhorn.py).
+#include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "../common.h"
+#include "cpu_math.h"
+
+namespace tokred::cpu {
+namespace {
+
+// One image forward: z[K, N] = scores / eps; work[K*N + K + N] is scratch; writes u_hist[T, K],
+// v_hist[T, N] and plan[K, N].
+//
+// Each iteration takes one exp per entry. The row update computes e_kj = exp(z_kj + v_j - m_k) with
+// m_k the row's exact maximum (so e <= 1 and its row sum s_k is in [1, N]) and u_k = log mu - m_k - log s_k.
+// Then exp(z_kj + u_k) = e_kj exp(-v_j) w_k with w_k = exp(u_k + m_k) = mu / s_k, so the column update
+// v'_j = log nu - LSE_k(z_kj + u_k) = log nu + v_j - log c_j with c_j = sum_k e_kj w_k needs no exp.
+// A column whose c_j underflows (its largest entry is ~1e-30 of its row's maximum) is redone in the
+// log domain. The plan is exp(z + u + v' + log scale) = e_kj w_k exp(v'_j - v_j + log scale).
+template <typename A>
+void sinkhorn_forward_image(const A* __restrict z, int64_t k, int64_t n, int64_t iters, A log_mu, A log_nu,
+                            A log_scale, A* __restrict work, A* __restrict u_hist, A* __restrict v_hist,
+                            A* __restrict plan) {
+  A* e = work;
+  A* w = e + k * n;
+  A* c = w + k;
+  const A tiny = std::numeric_limits<A>::min() * A(1e8) * std::exp(log_mu);
+  std::vector<A> zeros(n, A(0));
+  const A* v = zeros.data();
+  for (int64_t t = 0; t < iters; ++t) {
+    A* u = u_hist + t * k;
+    for (int64_t r = 0; r < k; ++r) {
+      A* er = e + r * n;
+      for (int64_t j = 0; j < n; ++j) er[j] = z[r * n + j] + v[j];
+      const A m = lane_max(er, n);
+      for (int64_t j = 0; j < n; ++j) er[j] = exp_approx(er[j] - m);
+      const A s = lane_sum(er, n);
+      u[r] = log_mu - (m + std::log(s));
+      w[r] = std::exp(log_mu) / s;
+    }
+    std::fill(c, c + n, A(0));
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t j = 0; j < n; ++j) c[j] += e[r * n + j] * w[r];
+    A* v_next = v_hist + t * n;
+    for (int64_t j = 0; j < n; ++j) {
+      if (c[j] > tiny) {
+        v_next[j] = log_nu + v[j] - std::log(c[j]);
+        continue;
+      }
+      A m = -std::numeric_limits<A>::infinity();
+      for (int64_t r = 0; r < k; ++r) m = std::max(m, z[r * n + j] + u[r]);
+      A s = 0;
+      for (int64_t r = 0; r < k; ++r) s += exp_approx(z[r * n + j] + u[r] - m);
+      v_next[j] = log_nu - (m + std::log(s));
+      c[j] = 0;  // marks the column for the plan's log-domain path
+    }
+    if (t + 1 == iters) {
+      for (int64_t j = 0; j < n; ++j) c[j] = c[j] > 0 ? std::exp(v_next[j] - v[j] + log_scale) : A(0);
+      for (int64_t r = 0; r < k; ++r)
+        for (int64_t j = 0; j < n; ++j) plan[r * n + j] = e[r * n + j] * w[r] * c[j];
+      for (int64_t j = 0; j < n; ++j)
+        if (c[j] == 0)
+          for (int64_t r = 0; r < k; ++r) plan[r * n + j] = exp_approx(z[r * n + j] + u[r] + v_next[j] + log_scale);
+      return;
+    }
+    v = v_next;
+  }
+  for (int64_t r = 0; r < k; ++r)  // iters == 0: u = v = 0
+    for (int64_t j = 0; j < n; ++j) plan[r * n + j] = exp_approx(z[r * n + j] + log_scale);
+}
+
+// One image backward through the unrolled iterations; g[K, N] holds dL/dplan on entry and dL/dz on exit.
+template <typename A>
+void sinkhorn_backward_image(const A* z, int64_t k, int64_t n, int64_t iters, A log_mu, A log_nu, A log_scale,
+                             const A* u_hist, const A* v_hist, A* g, A* gu, A* gv) {
+  std::vector<A> zeros_k(k, A(0)), zeros_n(n, A(0));
+  const A* u_last = iters ? u_hist + (iters - 1) * k : zeros_k.data();
+  const A* v_last = iters ? v_hist + (iters - 1) * n : zeros_n.data();
+  std::fill(gu, gu + k, A(0));
+  std::fill(gv, gv + n, A(0));
+  for (int64_t r = 0; r < k; ++r)  // d/dlog(plan) = g * plan, which feeds z, u_T and v_T
+    for (int64_t j = 0; j < n; ++j) {
+      const A gl = g[r * n + j] * exp_approx(z[r * n + j] + u_last[r] + v_last[j] + log_scale);
+      g[r * n + j] = gl;
+      gu[r] += gl;
+      gv[j] += gl;
+    }
+  for (int64_t t = iters - 1; t >= 0; --t) {
+    const A* u = u_hist + t * k;
+    const A* v = v_hist + t * n;
+    const A* v_prev = t ? v_hist + (t - 1) * n : zeros_n.data();
+    // v_t = log_nu - LSE_k(z + u_t): its softmax over k is exp(z + u_t + v_t - log_nu).
+    for (int64_t r = 0; r < k; ++r) {
+      A acc = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const A contrib = gv[j] * exp_approx(z[r * n + j] + u[r] + v[j] - log_nu);
+        g[r * n + j] -= contrib;
+        acc += contrib;
+      }
+      gu[r] -= acc;
+    }
+    // u_t = log_mu - LSE_j(z + v_{t-1}): its softmax over j is exp(z + v_{t-1} + u_t - log_mu).
+    std::fill(gv, gv + n, A(0));
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        const A contrib = gu[r] * exp_approx(z[r * n + j] + v_prev[j] + u[r] - log_mu);
+        g[r * n + j] -= contrib;
+        gv[j] -= contrib;
+      }
+    std::fill(gu, gu + k, A(0));
+  }
+}
+
+TOKRED_VECTOR_CLONES void forward_image(const float* z, int64_t k, int64_t n, int64_t iters, float log_mu, float log_nu,
+                                        float log_scale, float* scratch, float* u, float* v, float* plan) {
+  sinkhorn_forward_image(z, k, n, iters, log_mu, log_nu, log_scale, scratch, u, v, plan);
+}
+TOKRED_VECTOR_CLONES void forward_image(const double* z, int64_t k, int64_t n, int64_t iters, double log_mu,
+                                        double log_nu, double log_scale, double* scratch, double* u, double* v,
+                                        double* plan) {
+  sinkhorn_forward_image(z, k, n, iters, log_mu, log_nu, log_scale, scratch, u, v, plan);
+}
+TOKRED_VECTOR_CLONES void backward_image(const float* z, int64_t k, int64_t n, int64_t iters, float log_mu,
+                                         float log_nu, float log_scale, const float* u, const float* v, float* g,
+                                         float* gu, float* gv) {
+  sinkhorn_backward_image(z, k, n, iters, log_mu, log_nu, log_scale, u, v, g, gu, gv);
+}
+TOKRED_VECTOR_CLONES void backward_image(const double* z, int64_t k, int64_t n, int64_t iters, double log_mu,
+                                         double log_nu, double log_scale, const double* u, const double* v, double* g,
+                                         double* gu, double* gv) {
+  sinkhorn_backward_image(z, k, n, iters, log_mu, log_nu, log_scale, u, v, g, gu, gv);
+}
+
+void check_scores(const at::Tensor& scores, double eps) {
+  check_rank(scores, 3, "scores");
+  check_floating(scores, "scores");
+  TORCH_CHECK(eps > 0, "tokred: eps must be positive, got ", eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& scores_in, double eps, int64_t iters,
+                                                            c10::string_view marginals) {
+  check_scores(scores_in, eps);
+  TORCH_CHECK(iters >= 0, "tokred: iters must be non-negative, got ", iters);
+  const int64_t b = scores_in.size(0), k = scores_in.size(1), n = scores_in.size(2);
+  const auto [log_mu, log_nu, log_scale] = sinkhorn_log_marginals(k, n, marginals);
+  const auto scores = scores_in.contiguous();
+  const auto acc = scores.options().dtype(accumulation_type(scores.scalar_type()));
+  auto plan = at::empty({b, k, n}, scores.options());
+  auto u = at::empty({b, iters, k}, acc);
+  auto v = at::empty({b, iters, n}, acc);
+  TOKRED_DISPATCH_FLOATING(scores.scalar_type(), "sinkhorn_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const auto* ss = scores.const_data_ptr<scalar_t>();
+    auto* us = u.mutable_data_ptr<A>();
+    auto* vs = v.mutable_data_ptr<A>();
+    auto* ps = plan.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, b, 4, [&](int64_t begin, int64_t end) {
+      std::vector<A> z(k * n), scratch(k * n + k + n), plan_acc(std::is_same_v<A, scalar_t> ? 0 : k * n);
+      for (int64_t i = begin; i < end; ++i) {
+        for (int64_t e = 0; e < k * n; ++e) z[e] = static_cast<A>(ss[i * k * n + e]) / static_cast<A>(eps);
+        A* out = plan_acc.empty() ? reinterpret_cast<A*>(ps + i * k * n) : plan_acc.data();
+        forward_image(z.data(), k, n, iters, log_mu, log_nu, log_scale, scratch.data(), us + i * iters * k,
+                      vs + i * iters * n, out);
+        if (!plan_acc.empty()) std::copy(plan_acc.begin(), plan_acc.end(), ps + i * k * n);
+      }
+    });
+  });
+  return {plan, u, v};
+}
+
+at::Tensor sinkhorn_backward_cpu(const at::Tensor& grad_plan, const at::Tensor& scores, const at::Tensor& u,
+                                 const at::Tensor& v, double eps, c10::string_view marginals) {
+  check_scores(scores, eps);
+  const int64_t b = scores.size(0), k = scores.size(1), n = scores.size(2), iters = u.size(1);
+  TORCH_CHECK(grad_plan.sizes() == scores.sizes(), "tokred: grad_plan must be shaped like scores");
+  const auto [log_mu, log_nu, log_scale] = sinkhorn_log_marginals(k, n, marginals);
+  const auto acc = accumulation_type(scores.scalar_type());
+  const auto z = (scores.to(acc) / eps).contiguous();
+  auto grad = grad_plan.to(acc).contiguous().clone();
+  const auto uc = u.to(acc).contiguous();
+  const auto vc = v.to(acc).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(acc, "sinkhorn_backward_cpu", [&] {
+    const auto* zs = z.const_data_ptr<scalar_t>();
+    const auto* us = uc.const_data_ptr<scalar_t>();
+    const auto* vs = vc.const_data_ptr<scalar_t>();
+    auto* gs = grad.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, b, 4, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> gu(k), gv(n);
+      for (int64_t i = begin; i < end; ++i)
+        backward_image(zs + i * k * n, k, n, iters, log_mu, log_nu, log_scale, us + i * iters * k,
+                       vs + i * iters * n, gs + i * k * n, gu.data(), gv.data());
+    });
+  });
+  return (grad / eps).to(scores.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tokred, CPU, m) {
+  m.impl("sinkhorn", &sinkhorn_cpu);
+  m.impl("sinkhorn_backward", &sinkhorn_backward_cpu);
+}
+
+}  // namespace tokred::cpu

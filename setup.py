@@ -1,0 +1,71 @@
+"""Builds tokred._C: the C++ CPU kernels always, the CUDA kernels when torch has CUDA and nvcc is found.
+
+TOKRED_CPU_ONLY=1 skips the CUDA kernels (fast local builds); TOKRED_REQUIRE_CUDA=1 fails the build
+when they cannot be compiled.
+"""
+
+import os
+import sysconfig
+from pathlib import Path
+
+import torch
+from setuptools import setup
+from torch.utils import cpp_extension
+
+ROOT = Path(__file__).parent
+CSRC = ROOT / "csrc"
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def cuda_available() -> bool:
+    """Whether this torch is a CUDA build and nvcc is installed, with the reason when not."""
+    if env_flag("TOKRED_CPU_ONLY"):
+        return False
+    reason = None
+    if torch.version.cuda is None:
+        reason = f"torch {torch.__version__} is not a CUDA build"
+    elif cpp_extension.CUDA_HOME is None or not (Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc").exists():
+        reason = "nvcc was not found (set CUDA_HOME)"
+    if reason and env_flag("TOKRED_REQUIRE_CUDA"):
+        raise RuntimeError(f"TOKRED_REQUIRE_CUDA=1 but the CUDA kernels cannot be built: {reason}")
+    if reason:
+        print(f"tokred: building the CPU kernels only: {reason}")
+    return reason is None
+
+
+def cuda_include_dirs() -> list[str]:
+    """torch's CUDA headers (cublas_v2.h, cusparse.h, ...) ship in the nvidia/cu* wheels, not the toolkit."""
+    nvidia = Path(sysconfig.get_paths()["purelib"]) / "nvidia"
+    return [str(p) for p in sorted(nvidia.glob("cu*/include"))]
+
+
+def extension() -> cpp_extension.CppExtension:
+    sources = [CSRC / "tokred.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]
+    flags = {"cxx": ["-O3", "-fopenmp"]}  # OpenMP: at::parallel_for is serial without it
+    link = ["-fopenmp"]
+    if not cuda_available():
+        return cpp_extension.CppExtension(
+            "tokred._C", relative(sources), extra_compile_args=flags, extra_link_args=link
+        )
+    sources += sorted((CSRC / "cuda").glob("*.cu"))
+    flags["nvcc"] = ["-O3", "-lineinfo"]
+    return cpp_extension.CUDAExtension(
+        "tokred._C",
+        relative(sources),
+        include_dirs=cuda_include_dirs(),
+        extra_compile_args=flags,
+        extra_link_args=link,
+    )
+
+
+def relative(paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(ROOT)) for p in paths]
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,272 @@
+"""The operators: typed wrappers over ``torch.ops.tokred``, their fake kernels and Sinkhorn's autograd.
+
+Each function has the signature of its twin in :mod:`tokred.reference`, checks its arguments, and runs
+the compiled kernel for the input's device. Without a kernel for that device (no ``tokred._C``, or a
+CPU-only build given CUDA tensors) it runs the reference instead and warns once.
+"""
+
+import warnings
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from tokred import reference
+from tokred.reference import ATS_RULES, KMEDOIDS_RULES, SINKHORN_MARGINALS
+
+try:
+    from tokred import _C  # noqa: F401  (registers the torch.ops.tokred operators)
+
+    EXTENSION_ERROR: ImportError | None = None
+except ImportError as error:
+    EXTENSION_ERROR = error
+
+_warned_fallback = False
+
+
+class AtsSample(NamedTuple):
+    """ids [B, M] int64 (unique, ascending, right-padded with -1), mask [B, M] bool, counts [B] int64."""
+
+    ids: Tensor
+    mask: Tensor
+    counts: Tensor
+
+
+class Clustering(NamedTuple):
+    """centres [B, K] int64 token indices, assignment [B, N] int64 cluster of each token."""
+
+    centres: Tensor
+    assignment: Tensor
+
+
+def has_kernel(op: str, device: torch.device) -> bool:
+    """Whether the compiled extension has ``tokred::op`` for this device type."""
+    if EXTENSION_ERROR is not None:
+        return False
+    key = "CUDA" if device.type == "cuda" else "CPU" if device.type == "cpu" else None
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"tokred::{op}", key)
+
+
+def _use_kernel(op: str, device: torch.device) -> bool:
+    global _warned_fallback
+    if has_kernel(op, device):
+        return True
+    if not _warned_fallback:
+        why = f"tokred._C failed to import ({EXTENSION_ERROR})" if EXTENSION_ERROR else f"no {device.type} kernels"
+        warnings.warn(
+            f"tokred: {why}; running the pure-PyTorch reference operators instead (slower). "
+            "Rebuild with `pip install -e . --no-build-isolation`.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        _warned_fallback = True
+    return False
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def _check_tensor(t: Tensor, name: str, rank: int, floating: bool = True) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != rank:
+        raise ValueError(f"{name} must have {rank} dimensions, got shape {tuple(t.shape)}")
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def _check_companion(t: Tensor | None, like: Tensor, name: str, shape: tuple[int, ...], dtype: str) -> None:
+    """An optional per-token tensor that must match ``shape`` and live on ``like``'s device."""
+    if t is None:
+        return
+    if not isinstance(t, Tensor) or tuple(t.shape) != shape:
+        raise ValueError(f"{name} must be a tensor of shape {shape}, got {getattr(t, 'shape', type(t).__name__)}")
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but the input is on {like.device}; move them to one device")
+    if dtype == "bool" and t.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor, got {t.dtype}")
+    if dtype == "float" and not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _check_count(value: int, name: str, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+# ---------------------------------------------------------------------------------------------- ATS
+
+
+def ats_sample(scores: Tensor, mask: Tensor | None, num_samples: int, rule: str = "nearest") -> AtsSample:
+    """Adaptive token sampling: invert the CDF of the significance scores at K quantiles (SPEC §3.5).
+
+    Args:
+        scores: [B, N] non-negative significance per spatial token (negatives count as 0).
+        mask: [B, N] bool, False for tokens that can no longer be sampled; None means all valid.
+        num_samples: K ≥ 1 quantile points, the upper bound on kept tokens.
+        rule: "nearest" (the study) or "inverse" (textbook inverse transform).
+
+    Returns:
+        AtsSample with ids and mask of shape [B, K] (padded to K, so no host synchronisation is needed;
+        see :func:`trim_to_batch_max`) and counts [B].
+    """
+    _check_tensor(scores, "scores", 2)
+    _check_companion(mask, scores, "mask", tuple(scores.shape), "bool")
+    _check_count(num_samples, "num_samples", 1)
+    _check_choice(rule, ATS_RULES, "rule")
+    if mask is None:
+        mask = torch.ones_like(scores, dtype=torch.bool)
+    if _use_kernel("ats_sample", scores.device):
+        return AtsSample(*torch.ops.tokred.ats_sample(scores, mask, num_samples, rule))
+    return AtsSample(*reference.ats_sample(scores, mask, num_samples, rule))
+
+
+def trim_to_batch_max(sample: AtsSample) -> AtsSample:
+    """Drop the padding columns no image uses: ids and mask become [B, max_b counts_b] (one host sync)."""
+    width = int(sample.counts.max()) if sample.counts.numel() else 0
+    return AtsSample(sample.ids[:, :width], sample.mask[:, :width], sample.counts)
+
+
+def _ats_sample_fake(scores: Tensor, mask: Tensor, num_samples: int, rule: str) -> tuple[Tensor, Tensor, Tensor]:
+    batch = scores.shape[0]
+    ids = scores.new_empty((batch, num_samples), dtype=torch.long)
+    return ids, scores.new_empty((batch, num_samples), dtype=torch.bool), scores.new_empty(batch, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------------ DPC-KNN
+
+
+def dpc_knn(
+    x: Tensor, num_clusters: int, k_neighbors: int = 5, mask: Tensor | None = None, noise: Tensor | None = None
+) -> Clustering:
+    """Density-peak clustering with a k-nearest-neighbour density (SPEC §3.8).
+
+    Args:
+        x: [B, N, C] tokens.
+        num_clusters: K in [1, N].
+        k_neighbors: neighbours in the density estimate (the token itself included).
+        mask: optional [B, N] bool, False for tokens to ignore (assignment -1).
+        noise: optional [B, N] added to the densities; ``1e-6 * torch.rand(B, N)`` is the study's random
+            tie-break. Without it, ties are broken by index, deterministically.
+
+    Returns:
+        Clustering: centres [B, K] in descending score order, assignment [B, N] in [0, K).
+    """
+    _check_tensor(x, "x", 3)
+    batch, n, _ = x.shape
+    _check_count(num_clusters, "num_clusters", 1, n)
+    _check_count(k_neighbors, "k_neighbors", 1)
+    _check_companion(mask, x, "mask", (batch, n), "bool")
+    _check_companion(noise, x, "noise", (batch, n), "float")
+    if _use_kernel("dpc_knn", x.device):
+        return Clustering(*torch.ops.tokred.dpc_knn(x, num_clusters, k_neighbors, mask, noise))
+    return Clustering(*reference.dpc_knn(x, num_clusters, k_neighbors, mask, noise))
+
+
+def _dpc_knn_fake(
+    x: Tensor, num_clusters: int, k_neighbors: int, mask: Tensor | None, noise: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    return x.new_empty((x.shape[0], num_clusters), dtype=torch.long), x.new_empty(x.shape[:2], dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------- K-Medoids
+
+
+def kmedoids(x: Tensor, weights: Tensor, num_clusters: int, iters: int = 3, rule: str = "paper") -> Clustering:
+    """K-Medoids started from the K heaviest tokens (SPEC §3.7).
+
+    Args:
+        x: [B, N, C] tokens.
+        weights: [B, N] token weights (the study: attention received).
+        num_clusters: K in [1, N].
+        iters: T ≥ 0 iterations of assignment and medoid update.
+        rule: "paper" (cost w_i · Σ_j D_ij over all tokens) or "medoid" (Σ_j D_ij over own members).
+
+    Returns:
+        Clustering: medoids [B, K] (rows of x), assignment [B, N] to the nearest medoid.
+    """
+    _check_tensor(x, "x", 3)
+    _check_companion(weights, x, "weights", tuple(x.shape[:2]), "float")
+    _check_count(num_clusters, "num_clusters", 1, x.shape[1])
+    _check_count(iters, "iters", 0)
+    _check_choice(rule, KMEDOIDS_RULES, "rule")
+    if _use_kernel("kmedoids", x.device):
+        return Clustering(*torch.ops.tokred.kmedoids(x, weights, num_clusters, iters, rule))
+    return Clustering(*reference.kmedoids(x, weights, num_clusters, iters, rule))
+
+
+def _kmedoids_fake(x: Tensor, weights: Tensor, num_clusters: int, iters: int, rule: str) -> tuple[Tensor, Tensor]:
+    return x.new_empty((x.shape[0], num_clusters), dtype=torch.long), x.new_empty(x.shape[:2], dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------------------- Sinkhorn
+
+
+def sinkhorn(scores: Tensor, eps: float = 1.0, iters: int = 3, marginals: str = "paper") -> Tensor:
+    """Log-domain Sinkhorn transport plan [B, K, N] from scores [B, K, N] (SPEC §3.11).
+
+    Every token's column of the plan sums to 1. Differentiable in ``scores``.
+
+    Args:
+        scores: [B, K, N] cluster-token scores (the study: cosine similarities).
+        eps: entropic regularisation ε > 0.
+        iters: T ≥ 0 iterations (each a row and a column update).
+        marginals: "paper" (μ = ν = 1/(K + N)) or "balanced" (μ = 1/K, ν = 1/N).
+    """
+    _check_tensor(scores, "scores", 3)
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    _check_count(iters, "iters", 0)
+    _check_choice(marginals, SINKHORN_MARGINALS, "marginals")
+    if _use_kernel("sinkhorn", scores.device):
+        return torch.ops.tokred.sinkhorn(scores, float(eps), iters, marginals)[0]
+    return reference.sinkhorn(scores, eps, iters, marginals)
+
+
+def _sinkhorn_fake(scores: Tensor, eps: float, iters: int, marginals: str) -> tuple[Tensor, Tensor, Tensor]:
+    acc = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    batch, k, n = scores.shape
+    return (
+        torch.empty_like(scores),
+        scores.new_empty((batch, iters, k), dtype=acc),
+        scores.new_empty((batch, iters, n), dtype=acc),
+    )
+
+
+def _sinkhorn_backward_fake(
+    grad_plan: Tensor, scores: Tensor, u: Tensor, v: Tensor, eps: float, marginals: str
+) -> Tensor:
+    return torch.empty_like(scores)
+
+
+def _sinkhorn_setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (torch.library's callback signature)
+    scores, eps, _, marginals = inputs
+    _, u, v = output
+    ctx.save_for_backward(scores, u, v)
+    ctx.eps, ctx.marginals = eps, marginals
+
+
+def _sinkhorn_backward(ctx, grad_plan: Tensor, grad_u: Tensor, grad_v: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+    scores, u, v = ctx.saved_tensors
+    grad = torch.ops.tokred.sinkhorn_backward(grad_plan.contiguous(), scores, u, v, ctx.eps, ctx.marginals)
+    return grad, None, None, None
+
+
+if EXTENSION_ERROR is None:
+    for _op, _fake in [
+        ("ats_sample", _ats_sample_fake),
+        ("dpc_knn", _dpc_knn_fake),
+        ("kmedoids", _kmedoids_fake),
+        ("sinkhorn", _sinkhorn_fake),
+        ("sinkhorn_backward", _sinkhorn_backward_fake),
+    ]:
+        torch.library.register_fake(f"tokred::{_op}", _fake)
+    torch.library.register_autograd("tokred::sinkhorn", _sinkhorn_backward, setup_context=_sinkhorn_setup_context)
