@@ -51,6 +51,10 @@ def extension() -> cpp_extension.CppExtension:
             "tokred._C", relative(sources), extra_compile_args=flags, extra_link_args=link
         )
     sources += sorted((CSRC / "cuda").glob("*.cu"))
+    if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
+        # Without a GPU to ask, torch would compile for every architecture it knows: Ampere and Hopper
+        # natively, newer GPUs through PTX.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
     flags["nvcc"] = ["-O3", "-lineinfo"]
     return cpp_extension.CUDAExtension(
         "tokred._C",

@@ -39,12 +39,20 @@ class Clustering(NamedTuple):
     assignment: Tensor
 
 
+OPS = ("ats_sample", "dpc_knn", "kmedoids", "sinkhorn", "sinkhorn_backward")
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+# Looked up once: torch.compile cannot trace the dispatcher query itself.
+_KERNELS = frozenset(
+    (op, device_type)
+    for op in OPS
+    for device_type, key in _DISPATCH_KEYS.items()
+    if EXTENSION_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"tokred::{op}", key)
+)
+
+
 def has_kernel(op: str, device: torch.device) -> bool:
-    """Whether the compiled extension has ``tokred::op`` for this device type."""
-    if EXTENSION_ERROR is not None:
-        return False
-    key = "CUDA" if device.type == "cuda" else "CPU" if device.type == "cpu" else None
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"tokred::{op}", key)
+    """Whether the compiled extension has ``tokred::op`` for this device's type."""
+    return (op, device.type) in _KERNELS
 
 
 def _use_kernel(op: str, device: torch.device) -> bool:

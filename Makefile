@@ -1,0 +1,30 @@
+# Set-up and entry points. Every target creates the virtual environment and builds the kernels first.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PIP := $(PYTHON) -m pip
+
+.PHONY: install test test-all lint demo bench clean
+
+install:
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/dev.txt
+	$(PIP) install -q -e . --no-build-isolation --no-deps
+	$(PYTHON) -c "import tokred, torch; print('tokred', tokred.__version__, '| torch', torch.__version__, '| ops:', *tokred.ops.OPS)"
+
+test: install
+	$(PYTHON) -m pytest -ra
+
+test-all: install
+	$(PYTHON) -m pytest -ra -m ""
+
+lint: install
+	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
+
+demo: install
+	$(PYTHON) bench/ops.py --quick
+
+bench: install
+	$(PYTHON) bench/ops.py
+
+clean:
+	rm -rf build tokred/_C*.so *.egg-info
