@@ -10,7 +10,13 @@ from pathlib import Path
 
 import torch
 from setuptools import setup
-from torch.utils import cpp_extension
+
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and Path("/usr/local/cuda/bin/nvcc").exists():
+    # torch would otherwise take the toolkit root from the first nvcc on PATH, which may be a wrapper script
+    # outside the toolkit (then libcudart is not found at link time).
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME on import)
 
 ROOT = Path(__file__).parent
 CSRC = ROOT / "csrc"
