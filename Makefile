@@ -9,7 +9,7 @@ install:
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PIP) install -q -c requirements/constraints.txt -r requirements/dev.txt
 	$(PIP) install -q -e . --no-build-isolation --no-deps
-	$(PYTHON) -c "import tokred, torch; print('tokred', tokred.__version__, '| torch', torch.__version__, '| ops:', *tokred.ops.OPS)"
+	$(PYTHON) -c "import tokred, torch; print('tokred', tokred.__version__, '| torch', torch.__version__, '|', *tokred.ops.registered_ops())"
 
 test: install
 	$(PYTHON) -m pytest -ra

@@ -117,7 +117,15 @@ def run(
                 compiled_ms,
                 case.io_bytes,
             )
-            log.info("%s", row)
+            log.info(
+                "%-10s B=%-3d C=%-3d K=%-3d kernel %.3f ms, reference %.3f ms",
+                row.op,
+                batch,
+                row.channels,
+                row.clusters,
+                row.kernel_ms,
+                row.reference_ms,
+            )
             rows.append(row)
     return rows
 
@@ -157,7 +165,7 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=3350.0, help="GPU memory bandwidth in GB/s (H100 SXM)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON files")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
 
     devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []

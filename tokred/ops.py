@@ -50,6 +50,11 @@ _KERNELS = frozenset(
 )
 
 
+def registered_ops() -> list[str]:
+    """Names of the tokred operators the dispatcher knows (empty without the extension)."""
+    return sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("tokred::"))
+
+
 def has_kernel(op: str, device: torch.device) -> bool:
     """Whether the compiled extension has ``tokred::op`` for this device's type."""
     return (op, device.type) in _KERNELS
