@@ -1,0 +1,156 @@
+// DPC-KNN density-peak clustering on CUDA (reference: tokred/reference/dpc_knn.py, CPU twin: cpu/dpc_knn.cpp).
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../common.h"
+#include "cuda_utils.cuh"
+
+namespace tokred::cuda {
+namespace {
+
+// One block per image, after the distances dist[B, N, N] / sqrt(C) (exactly symmetric, so column i is row i
+// and the loops over tokens read coalesced columns). mask[B, N] and noise[B, N] may be null.
+// Scratch: density[N], score[N] (A) and centre[K] (int).
+template <typename A>
+__global__ __launch_bounds__(kThreads) void dpc_knn_kernel(const A* __restrict__ dist, const bool* __restrict__ mask,
+                                                           const A* __restrict__ noise, int n, int num_clusters,
+                                                           int k_nearest, ScratchRef scratch,
+                                                           int64_t* __restrict__ centres,
+                                                           int64_t* __restrict__ assignment) {
+  __shared__ A max_shared[kWarps];
+  const int64_t image = blockIdx.x;
+  const A* d = dist + image * n * n;
+  const bool* valid = mask ? mask + image * n : nullptr;
+  const auto ok = [&](int i) { return valid == nullptr || valid[i]; };
+  ScratchCursor cursor(scratch.base());
+  A* density = cursor.take<A>(n);
+  A* score = cursor.take<A>(n);
+  int* centre = cursor.take<int>(num_clusters);
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+
+  // Density: exp(-mean squared distance to the k nearest valid tokens, the token itself included). One warp
+  // per token takes k rounds of the lexicographic minimum of (distance, index) above the previous round's, so
+  // the squares are summed in ascending order, as on the CPU. k_nearest = min(k_neighbors, N). O(k N) per token.
+  for (int i = warp; i < n; i += kWarps) {
+    const A* row = d + i * n;
+    A last = -infinity<A>(), sum = 0;
+    int last_index = -1, found = 0;
+    for (; found < k_nearest; ++found) {
+      A best = infinity<A>();
+      int best_index = INT_MAX;
+      for (int j = lane; j < n; j += kWarpSize) {
+        const A dj = row[j];
+        const bool above = dj > last || (dj == last && j > last_index);
+        if (ok(j) && above && (dj < best || (dj == best && j < best_index))) {
+          best = dj;
+          best_index = j;
+        }
+      }
+      warp_argmin(best, best_index);
+      if (best_index == INT_MAX) break;  // fewer than k_nearest valid tokens
+      sum += best * best;
+      last = best;
+      last_index = best_index;
+    }
+    if (lane == 0)
+      density[i] = exp_acc(-sum / static_cast<A>(found > 1 ? found : 1)) + (noise ? noise[image * n + i] : A(0));
+  }
+  __syncthreads();
+
+  // Parent distance: to the nearest denser valid token (equal density: the lower index is denser); score[i]
+  // holds it until the image's largest distance between valid tokens is known. O(N^2).
+  A local_max = -infinity<A>();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    if (!ok(i)) continue;
+    const A rho = density[i];
+    A parent = infinity<A>();
+    for (int j = 0; j < n; ++j) {
+      if (!ok(j)) continue;
+      const A dji = d[j * n + i];
+      local_max = local_max < dji ? dji : local_max;
+      const A rho_j = density[j];
+      if ((rho_j > rho || (rho_j == rho && j < i)) && dji < parent) parent = dji;
+    }
+    score[i] = parent;
+  }
+  const A image_max = block_max(local_max, max_shared);
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    score[i] = ok(i) ? density[i] * (score[i] == infinity<A>() ? image_max : score[i]) : -infinity<A>();
+  __syncthreads();
+
+  // Centres: the K highest scores, lower index first on ties.
+  top_k_by_rank(score, n, num_clusters, centre);
+  __syncthreads();
+
+  // Assignment: nearest centre (lowest on ties), then centres join themselves and masked tokens get -1.
+  int64_t* own = assignment + image * n;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    int best = 0;
+    A best_dist = d[centre[0] * n + i];
+    for (int q = 1; q < num_clusters; ++q) {
+      const A dq = d[centre[q] * n + i];
+      if (dq < best_dist) {
+        best = q;
+        best_dist = dq;
+      }
+    }
+    own[i] = ok(i) ? best : -1;
+  }
+  __syncthreads();
+  for (int q = threadIdx.x; q < num_clusters; q += blockDim.x) {
+    const int token = centre[q];
+    centres[image * num_clusters + q] = token;
+    if (ok(token)) own[token] = q;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> dpc_knn_cuda(const at::Tensor& x_in, int64_t num_clusters, int64_t k_neighbors,
+                                                const std::optional<at::Tensor>& mask_in,
+                                                const std::optional<at::Tensor>& noise_in) {
+  check_rank(x_in, 3, "x");
+  check_floating(x_in, "x");
+  const int64_t b = x_in.size(0), n = x_in.size(1);
+  check_clusters(num_clusters, n);
+  TORCH_CHECK(k_neighbors >= 1, "tokred: k_neighbors must be at least 1, got ", k_neighbors);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto acc = accumulation_type(x_in.scalar_type());
+  const auto x = x_in.contiguous();
+  at::Tensor mask, noise;
+  if (mask_in) {
+    TORCH_CHECK(mask_in->scalar_type() == at::kBool && mask_in->sizes() == at::IntArrayRef({b, n}),
+                "tokred: mask must be a bool tensor of shape [B, N] = [", b, ", ", n, "]");
+    check_same_device(*mask_in, x_in, "mask", "x");
+    mask = mask_in->contiguous();
+  }
+  if (noise_in) {
+    TORCH_CHECK(noise_in->sizes() == at::IntArrayRef({b, n}), "tokred: noise must have shape [B, N] = [", b, ", ", n,
+                "]");
+    check_same_device(*noise_in, x_in, "noise", "x");
+    noise = noise_in->to(acc).contiguous();
+  }
+  auto centres = at::empty({b, num_clusters}, x.options().dtype(at::kLong));
+  auto assignment = at::empty({b, n}, x.options().dtype(at::kLong));
+  if (b == 0) return {centres, assignment};
+  const auto dist = pairwise_distances(x, /*over_sqrt_c=*/true);
+  AT_DISPATCH_FLOATING_TYPES(acc, "dpc_knn_cuda", [&] {
+    const Scratch scratch(2 * aligned_bytes<scalar_t>(n) + aligned_bytes<int>(num_clusters), b, x);
+    dpc_knn_kernel<scalar_t><<<static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), current_stream()>>>(
+        dist.const_data_ptr<scalar_t>(), mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
+        noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr, static_cast<int>(n),
+        static_cast<int>(num_clusters), static_cast<int>(std::min<int64_t>(k_neighbors, n)), scratch.ref(),
+        centres.mutable_data_ptr<int64_t>(), assignment.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {centres, assignment};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tokred, CUDA, m) { m.impl("dpc_knn", &dpc_knn_cuda); }
+
+}  // namespace tokred::cuda

@@ -1,0 +1,250 @@
+// Log-domain Sinkhorn on CUDA, forward and backward (reference: tokred/reference/sinkhorn.py, CPU twin:
+// cpu/sinkhorn.cpp).
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../common.h"
+#include "cuda_utils.cuh"
+
+namespace tokred::cuda {
+namespace {
+
+// z = scores / eps for one image's scores[K, N], as the CPU computes it.
+template <typename scalar_t, typename A>
+struct Logits {
+  const scalar_t* scores;
+  int n;
+  A eps;
+  __device__ A operator()(int r, int j) const { return static_cast<A>(scores[r * n + j]) / eps; }
+};
+
+// log_target - LSE_j(z_rj + shift_j) of row r, one warp: the max-shift pass, then the sum of exp.
+template <typename scalar_t, typename A>
+__device__ A row_update(const Logits<scalar_t, A>& z, int r, const A* shift, A log_target) {
+  const int lane = threadIdx.x % kWarpSize;
+  A m = -infinity<A>();
+  for (int j = lane; j < z.n; j += kWarpSize) {
+    const A x = z(r, j) + shift[j];
+    m = x > m ? x : m;
+  }
+  m = warp_max(m);
+  A s = 0;
+  for (int j = lane; j < z.n; j += kWarpSize) s += exp_acc(z(r, j) + shift[j] - m);
+  s = warp_sum(s);
+  return log_target - (m + log_acc(s));
+}
+
+// log_target - LSE_r(z_rj + shift_r) of column j, one thread.
+template <typename scalar_t, typename A>
+__device__ A column_update(const Logits<scalar_t, A>& z, int k, int j, const A* shift, A log_target) {
+  A m = -infinity<A>();
+  for (int r = 0; r < k; ++r) {
+    const A x = z(r, j) + shift[r];
+    m = x > m ? x : m;
+  }
+  A s = 0;
+  for (int r = 0; r < k; ++r) s += exp_acc(z(r, j) + shift[r] - m);
+  return log_target - (m + log_acc(s));
+}
+
+// One block per image: scores[B, K, N] -> plan[B, K, N], u_hist[B, T, K], v_hist[B, T, N].
+// Per iteration: u_r = log mu - LSE_j(z_rj + v_j) with one warp per row, then v_j = log nu - LSE_r(z_rj + u_r)
+// with one thread per column; the plan is exp(z + u + v + log scale). Scratch: u[K], v[N] (A). O(T K N).
+template <typename scalar_t, typename A>
+__global__ __launch_bounds__(kThreads) void sinkhorn_kernel(const scalar_t* __restrict__ scores, int k, int n,
+                                                            int iters, A eps, A log_mu, A log_nu, A log_scale,
+                                                            ScratchRef scratch, scalar_t* __restrict__ plan,
+                                                            A* __restrict__ u_hist, A* __restrict__ v_hist) {
+  const int64_t image = blockIdx.x;
+  const int64_t kn = static_cast<int64_t>(k) * n;
+  const Logits<scalar_t, A> z{scores + image * kn, n, eps};
+  ScratchCursor cursor(scratch.base());
+  A* u = cursor.take<A>(k);
+  A* v = cursor.take<A>(n);
+  A* us = u_hist + image * iters * k;
+  A* vs = v_hist + image * iters * n;
+  const int warp = threadIdx.x / kWarpSize;
+
+  for (int r = threadIdx.x; r < k; r += blockDim.x) u[r] = 0;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) v[j] = 0;
+  __syncthreads();
+  for (int t = 0; t < iters; ++t) {
+    for (int r = warp; r < k; r += kWarps) {
+      const A value = row_update(z, r, v, log_mu);
+      if (threadIdx.x % kWarpSize == 0) u[r] = us[t * k + r] = value;
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < n; j += blockDim.x) v[j] = vs[t * n + j] = column_update(z, k, j, u, log_nu);
+    __syncthreads();
+  }
+  scalar_t* p = plan + image * kn;
+  for (int e = threadIdx.x; e < k * n; e += blockDim.x) {
+    const int r = e / n, j = e % n;
+    p[e] = static_cast<scalar_t>(exp_acc(z(r, j) + u[r] + v[j] + log_scale));
+  }
+}
+
+// One block per image, the CPU's sinkhorn_backward_image: grad[B, K, N] (dL/dplan, in A) -> out[B, K, N] = dL/dscores.
+// The vector recursion runs first; every entry of dL/dz is then g * plan minus the T pairs of contributions of the
+// unrolled iterations, subtracted in the CPU's order (u_t, v_t: the histories, u_{-1} = v_{-1} = 0):
+//   gl = g * exp(z + u_{T-1} + v_{T-1} + log scale),  gu_in = sum_j gl,  gv_{T-1} = sum_k gl;
+//   for t = T-1 .. 0:  a = gv_t(j) exp(z + u_t + v_t - log nu),  gu_t = [t = T-1] gu_in - sum_j a;
+//                      b = gu_t(r) exp(z + v_{t-1} + u_t - log mu),  gv_{t-1} = -sum_k b;
+//   dL/dz = gl - a_{T-1} - b_{T-1} - ... - a_0 - b_0.
+// Scratch: gu_in[K], gv[T, N], gu[T, K] (A). O(T K N).
+template <typename scalar_t, typename A>
+__global__ __launch_bounds__(kThreads) void sinkhorn_backward_kernel(
+    const A* __restrict__ grad, const scalar_t* __restrict__ scores, const A* __restrict__ u_hist,
+    const A* __restrict__ v_hist, int k, int n, int iters, A eps, A log_mu, A log_nu, A log_scale, ScratchRef scratch,
+    scalar_t* __restrict__ out) {
+  const int64_t image = blockIdx.x;
+  const int64_t kn = static_cast<int64_t>(k) * n;
+  const Logits<scalar_t, A> z{scores + image * kn, n, eps};
+  const A* g = grad + image * kn;
+  const A* us = u_hist + image * iters * k;
+  const A* vs = v_hist + image * iters * n;
+  ScratchCursor cursor(scratch.base());
+  A* gu_in = cursor.take<A>(k);
+  A* gv = cursor.take<A>(static_cast<int64_t>(iters) * n);
+  A* gu = cursor.take<A>(static_cast<int64_t>(iters) * k);
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const A* u_last = iters > 0 ? us + (iters - 1) * k : nullptr;  // grad_log_plan runs only when iters > 0
+  const A* v_last = iters > 0 ? vs + (iters - 1) * n : nullptr;
+  const auto grad_log_plan = [&](int r, int j) {  // g * plan = dL/dlog(plan), which feeds z, u_{T-1} and v_{T-1}
+    return g[r * n + j] * exp_acc(z(r, j) + u_last[r] + v_last[j] + log_scale);
+  };
+
+  if (iters > 0) {
+    for (int r = warp; r < k; r += kWarps) {
+      A s = 0;
+      for (int j = lane; j < n; j += kWarpSize) s += grad_log_plan(r, j);
+      s = warp_sum(s);
+      if (lane == 0) gu_in[r] = s;
+    }
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+      A s = 0;
+      for (int r = 0; r < k; ++r) s += grad_log_plan(r, j);
+      gv[(iters - 1) * n + j] = s;
+    }
+    __syncthreads();
+  }
+  for (int t = iters - 1; t >= 0; --t) {
+    const A* u = us + t * k;
+    const A* v = vs + t * n;
+    const A* gv_t = gv + t * n;
+    // v_t = log nu - LSE_k(z + u_t): its softmax over k is exp(z + u_t + v_t - log nu).
+    for (int r = warp; r < k; r += kWarps) {
+      A s = 0;
+      for (int j = lane; j < n; j += kWarpSize) s += gv_t[j] * exp_acc(z(r, j) + u[r] + v[j] - log_nu);
+      s = warp_sum(s);
+      if (lane == 0) gu[t * k + r] = (t == iters - 1 ? gu_in[r] : A(0)) - s;
+    }
+    __syncthreads();
+    if (t == 0) break;  // dL/dv_{-1} is not needed: v_{-1} = 0 is a constant
+    // u_t = log mu - LSE_j(z + v_{t-1}): its softmax over j is exp(z + v_{t-1} + u_t - log mu).
+    const A* v_prev = vs + (t - 1) * n;
+    const A* gu_t = gu + t * k;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+      A s = 0;
+      for (int r = 0; r < k; ++r) s += gu_t[r] * exp_acc(z(r, j) + v_prev[j] + u[r] - log_mu);
+      gv[(t - 1) * n + j] = -s;
+    }
+    __syncthreads();
+  }
+
+  scalar_t* o = out + image * kn;
+  for (int e = threadIdx.x; e < k * n; e += blockDim.x) {
+    const int r = e / n, j = e % n;
+    const A zz = z(r, j);
+    A value = iters > 0 ? grad_log_plan(r, j) : g[e] * exp_acc(zz + log_scale);
+    for (int t = iters - 1; t >= 0; --t) {
+      const A ur = us[t * k + r];
+      value -= gv[t * n + j] * exp_acc(zz + ur + vs[t * n + j] - log_nu);
+      value -= gu[t * k + r] * exp_acc(zz + (t > 0 ? vs[(t - 1) * n + j] : A(0)) + ur - log_mu);
+    }
+    o[e] = static_cast<scalar_t>(value / eps);
+  }
+}
+
+void check_scores(const at::Tensor& scores, double eps) {
+  check_rank(scores, 3, "scores");
+  check_floating(scores, "scores");
+  TORCH_CHECK(eps > 0, "tokred: eps must be positive, got ", eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& scores_in, double eps, int64_t iters,
+                                                             c10::string_view marginals) {
+  check_scores(scores_in, eps);
+  TORCH_CHECK(iters >= 0, "tokred: iters must be non-negative, got ", iters);
+  const int64_t b = scores_in.size(0), k = scores_in.size(1), n = scores_in.size(2);
+  const auto [log_mu, log_nu, log_scale] = sinkhorn_log_marginals(k, n, marginals);
+  check_int_range(k * n, "K * N");
+  check_int_range(iters, "iters");
+  check_int_range(iters * (k + n), "T * (K + N)");
+  const c10::cuda::CUDAGuard guard(scores_in.device());
+  const auto scores = scores_in.contiguous();
+  const auto acc = scores.options().dtype(accumulation_type(scores.scalar_type()));
+  auto plan = at::empty({b, k, n}, scores.options());
+  auto u = at::empty({b, iters, k}, acc);
+  auto v = at::empty({b, iters, n}, acc);
+  if (b == 0) return {plan, u, v};
+  TOKRED_DISPATCH_FLOATING(scores.scalar_type(), "sinkhorn_cuda", [&] {
+    using A = acc_t<scalar_t>;
+    const Scratch scratch(aligned_bytes<A>(k) + aligned_bytes<A>(n), b, scores);
+    sinkhorn_kernel<scalar_t, A><<<static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), current_stream()>>>(
+        scores.const_data_ptr<scalar_t>(), static_cast<int>(k), static_cast<int>(n), static_cast<int>(iters),
+        static_cast<A>(eps), static_cast<A>(log_mu), static_cast<A>(log_nu), static_cast<A>(log_scale),
+        scratch.ref(), plan.mutable_data_ptr<scalar_t>(), u.mutable_data_ptr<A>(), v.mutable_data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {plan, u, v};
+}
+
+at::Tensor sinkhorn_backward_cuda(const at::Tensor& grad_plan, const at::Tensor& scores_in, const at::Tensor& u_in,
+                                  const at::Tensor& v_in, double eps, c10::string_view marginals) {
+  check_scores(scores_in, eps);
+  const int64_t b = scores_in.size(0), k = scores_in.size(1), n = scores_in.size(2), iters = u_in.size(1);
+  TORCH_CHECK(grad_plan.sizes() == scores_in.sizes(), "tokred: grad_plan must be shaped like scores");
+  TORCH_CHECK(u_in.sizes() == at::IntArrayRef({b, iters, k}) && v_in.sizes() == at::IntArrayRef({b, iters, n}),
+              "tokred: u and v must be Sinkhorn's histories [B, T, K] and [B, T, N], got ", u_in.sizes(), " and ",
+              v_in.sizes());
+  check_same_device(grad_plan, scores_in, "grad_plan", "scores");
+  check_same_device(u_in, scores_in, "u", "scores");
+  check_same_device(v_in, scores_in, "v", "scores");
+  const auto [log_mu, log_nu, log_scale] = sinkhorn_log_marginals(k, n, marginals);
+  check_int_range(k * n, "K * N");
+  check_int_range(iters, "iters");
+  check_int_range(iters * (k + n), "T * (K + N)");
+  const c10::cuda::CUDAGuard guard(scores_in.device());
+  const auto acc = accumulation_type(scores_in.scalar_type());
+  const auto scores = scores_in.contiguous();
+  const auto grad = grad_plan.to(acc).contiguous();
+  const auto u = u_in.to(acc).contiguous();
+  const auto v = v_in.to(acc).contiguous();
+  auto out = at::empty({b, k, n}, scores.options());
+  if (b == 0) return out;
+  TOKRED_DISPATCH_FLOATING(scores.scalar_type(), "sinkhorn_backward_cuda", [&] {
+    using A = acc_t<scalar_t>;
+    const Scratch scratch(aligned_bytes<A>(k) + aligned_bytes<A>(iters * n) + aligned_bytes<A>(iters * k), b, scores);
+    sinkhorn_backward_kernel<scalar_t, A>
+        <<<static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), current_stream()>>>(
+            grad.const_data_ptr<A>(), scores.const_data_ptr<scalar_t>(), u.const_data_ptr<A>(), v.const_data_ptr<A>(),
+            static_cast<int>(k), static_cast<int>(n), static_cast<int>(iters), static_cast<A>(eps),
+            static_cast<A>(log_mu), static_cast<A>(log_nu), static_cast<A>(log_scale), scratch.ref(),
+            out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tokred, CUDA, m) {
+  m.impl("sinkhorn", &sinkhorn_cuda);
+  m.impl("sinkhorn_backward", &sinkhorn_backward_cuda);
+}
+
+}  // namespace tokred::cuda
