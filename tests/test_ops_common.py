@@ -1,5 +1,6 @@
 """What every operator shares: registration, opcheck, torch.compile, the reference fallback, input errors."""
 
+import os
 import subprocess
 import sys
 
@@ -41,9 +42,9 @@ def test_opcheck(device, dtype, name):
 
 
 def test_cuda_kernels_registered():
-    """A CUDA build must carry every CUDA kernel (checked wherever torch can see a GPU)."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
+    """A CUDA build carries every CUDA kernel; checked where a GPU is visible or the build had to include CUDA."""
+    if not (torch.cuda.is_available() or os.environ.get("TOKRED_REQUIRE_CUDA") == "1"):
+        pytest.skip("needs a CUDA device or a TOKRED_REQUIRE_CUDA=1 build")
     for name in ops.OPS:
         assert ops.has_kernel(name, torch.device("cuda")), name
 
