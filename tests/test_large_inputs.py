@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from helpers import assert_same_clustering, randn
 from tokred import ops, reference
+
+from helpers import assert_same_clustering, randn
 
 pytestmark = pytest.mark.slow
 

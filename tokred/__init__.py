@@ -1,6 +1,10 @@
 """tokred: token reduction in Vision Transformers."""
 
 from tokred import ops
+from tokred.models import create_model
+from tokred.patch import ReducingVisionTransformer, patch
+from tokred.reducers import METHODS
+from tokred.trace import StageTrace, Trace
 
-__all__ = ["ops"]
+__all__ = ["METHODS", "ReducingVisionTransformer", "StageTrace", "Trace", "create_model", "ops", "patch"]
 __version__ = "0.1.0"

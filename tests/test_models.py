@@ -1,0 +1,273 @@
+"""Reducing ViTs: token counts (SPEC §0.1), parity with timm, method properties (SPEC §13), training, errors."""
+
+import pytest
+import timm
+import torch
+
+import tokred
+from tokred.patch import ReducingVisionTransformer
+
+RATES = [0.25, 0.5, 0.7, 0.9]
+K = {0.25: [49, 12, 3], 0.5: [98, 49, 24], 0.7: [137, 96, 67], 0.9: [176, 158, 142]}  # SPEC §0.1
+RADIAL = {  # SPEC §3.1
+    "l1": {0.25: [40, 12, 4], 0.5: [84, 40, 24], 0.7: [136, 84, 60], 0.9: [172, 156, 136]},
+    "l2": {0.25: [52, 12, 4], 0.5: [96, 52, 24], 0.7: [140, 96, 68], 0.9: [176, 156, 140]},
+    "linf": {0.25: [36, 16, 4], 0.5: [100, 36, 16], 0.7: [144, 100, 64], 0.9: [196, 144, 144]},
+}
+TOME = {0.25: [98, 61, 52], 0.5: [98, 49, 25], 0.7: [137, 96, 67], 0.9: [176, 158, 142]}
+EXACT_K = ["topk", "kmedoids", "dpc_knn", "sit", "patchmerger", "sinkhorn"]
+LEARNED = {"dpc_knn": "score", "sit": "mlp", "patchmerger": "queries", "sinkhorn": "centres"}
+
+
+def tiny(method: str, keep_rate: float = 0.5, loc=(3, 6, 9), **options) -> ReducingVisionTransformer:
+    """A small DeiT-shaped ViT (224², 16² patches, 196 tokens) that runs fast on a CPU."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", depth=10, embed_dim=48, num_heads=3, num_classes=10)
+    return tokred.patch(model, method, keep_rate, loc, **options)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+
+
+def expected_counts(method: str, r: float) -> list[int]:
+    if method in RADIAL:
+        return RADIAL[method][r]
+    if method == "tome":
+        return TOME[r]
+    if method == "evit":
+        return [k + 1 for k in K[r]]
+    return K[r]
+
+
+@pytest.mark.parametrize("r", RATES)
+@pytest.mark.parametrize("method", [*EXACT_K, "evit", "tome", "l1", "l2", "linf"])
+def test_token_counts(images, method, r):
+    model = tiny(method, r).eval()
+    with torch.no_grad():
+        _, trace = model(images, trace=True)
+    assert [s.block for s in trace.stages] == [3, 6, 9]
+    for stage, count in zip(trace.stages, expected_counts(method, r), strict=True):
+        assert stage.token_counts.tolist() == [count] * len(images)
+        assert stage.assignment.shape == (4, 196) and stage.assignment.max() < count
+
+
+@pytest.mark.parametrize("r", RATES)
+def test_ats_counts_are_bounded(images, r):
+    model = tiny("ats", r).eval()
+    with torch.no_grad():
+        _, trace = model(images, trace=True)
+    for stage, bound in zip(trace.stages, K[r], strict=True):
+        assert (stage.token_counts <= bound).all() and (stage.token_counts >= 1).all()
+        assert stage.kept.shape[1] == int(stage.token_counts.max())  # padded to the batch maximum
+
+
+@pytest.mark.parametrize("method", sorted(tokred.METHODS))
+def test_empty_schedule_is_the_plain_model(images, method):
+    torch.manual_seed(0)
+    plain = timm.create_model("vit_tiny_patch16_224", depth=10, embed_dim=48, num_heads=3, num_classes=10).eval()
+    reduced = tiny(method, 0.5, loc=()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reduced(images), plain(images), rtol=1e-5, atol=1e-5)
+
+
+def test_patching_keeps_backbone_keys():
+    torch.manual_seed(0)
+    plain = timm.create_model("vit_tiny_patch16_224", depth=10, embed_dim=48, num_heads=3, num_classes=10)
+    keys = set(plain.state_dict())
+    reduced = tokred.patch(plain, "dpc_knn", 0.5)
+    new = set(reduced.state_dict()) - keys
+    assert keys <= set(reduced.state_dict()) and new and all(k.startswith("reducers.") for k in new)
+
+
+def test_topk_keeps_the_most_attended_tokens(images):
+    """Top-K's kept patches are those with the highest class attention of their block (SPEC §13)."""
+    model = tiny("topk", 0.5, loc=(3,)).eval()
+    captured = {}
+    reducer = model.reducers["3"]
+    original = reducer.forward
+
+    def spy(x, state, extras):
+        captured["attention"] = extras.cls_attn.mean(1)[:, 1:]
+        return original(x, state, extras)
+
+    reducer.forward = spy
+    with torch.no_grad():
+        _, trace = model(images, trace=True)
+    expected = captured["attention"].topk(98, dim=-1).indices
+    assert torch.equal(trace.stages[0].kept, expected)
+
+
+def test_tome_conserves_patch_count(images):
+    model = tiny("tome", 0.7).eval()
+    sizes = []
+    for block in (3, 6, 9):
+        reducer = model.reducers[str(block)]
+        forward = reducer.forward
+
+        def spy(x, state, extras, forward=forward):
+            out = forward(x, state, extras)
+            sizes.append(out[1].size[:, 1:].sum(-1))
+            return out
+
+        reducer.forward = spy
+    with torch.no_grad():
+        _, trace = model(images, trace=True)
+    for size, stage in zip(sizes, trace.stages, strict=True):
+        torch.testing.assert_close(size, torch.full((4,), 196.0))
+        held = torch.stack(
+            [torch.bincount(a, minlength=int(c)) for a, c in zip(stage.assignment, stage.token_counts, strict=True)]
+        )
+        assert (held.sum(-1) == 196).all()
+
+
+def test_merges_are_what_they_claim(images):
+    """K-Medoids passes centre rows on; DPC-KNN tokens are ω-weighted member means; soft merge weights sum
+    to one over tokens (SiT, PatchMerger); Sinkhorn plans are column-stochastic with unit centres."""
+    outputs = {}
+    for method in ("kmedoids", "sit", "patchmerger", "sinkhorn"):
+        model = tiny(method, 0.5, loc=(4,)).eval()
+        with torch.no_grad():
+            _, trace = model(images, trace=True)
+        outputs[method] = trace.stages[0]
+    assert outputs["kmedoids"].centres.shape == (4, 98, 48)
+    torch.testing.assert_close(outputs["sit"].soft_assignment.sum(-1), torch.ones(4, 98))
+    torch.testing.assert_close(outputs["patchmerger"].soft_assignment.sum(-1), torch.ones(4, 98))
+    torch.testing.assert_close(outputs["sinkhorn"].soft_assignment.sum(1), torch.ones(4, 196))
+    torch.testing.assert_close(outputs["sinkhorn"].centres[0].norm(dim=-1), torch.ones(98))
+
+
+def test_dpc_knn_merges_weighted_means():
+    model = tiny("dpc_knn", 0.5, loc=(2,)).eval()
+    reducer = model.reducers["2"]
+    x = torch.randn(2, 197, 48)
+    state = tokred.state.TokenState.start(x, 1, tracing=True)
+    with torch.no_grad():
+        out, new_state, _ = reducer(x, state, None)
+        weight = reducer.score(x[:, 1:]).exp()[..., 0]
+    assignment = new_state.patch_token
+    for b in range(2):
+        for k in (0, 17, 97):
+            members = assignment[b] == k
+            expected = (weight[b, members, None] * x[b, 1:][members]).sum(0) / (weight[b, members].sum() + 1e-6)
+            torch.testing.assert_close(out[b, 1 + k], expected)
+
+
+def test_kmedoids_tokens_are_input_rows():
+    model = tiny("kmedoids", 0.5, loc=(2,)).eval()
+    x = torch.randn(2, 197, 48)
+    received = torch.rand(2, 197)
+    state = tokred.state.TokenState.start(x, 1, tracing=False)
+    out, _, details = model.reducers["2"](x, state, tokred.attention.AttentionExtras(received=received))
+    is_row = (out[:, 1:, None, :] == x[:, None, 1:, :]).all(-1)  # [B, K, N]: output k equals input row n
+    assert is_row.any(-1).all()
+
+
+@pytest.mark.parametrize("method", sorted(tokred.METHODS))
+def test_images_do_not_affect_each_other(images, method):
+    model = tiny(method, 0.5).eval()
+    with torch.no_grad():
+        whole = model(images)
+        parts = torch.cat([model(images[:1]), model(images[1:])])
+        permuted = model(images[[2, 0, 3, 1]])
+    torch.testing.assert_close(parts, whole, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(permuted, whole[[2, 0, 3, 1]], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", sorted(tokred.METHODS))
+def test_training_step(images, method):
+    model = tiny(method, 0.5).train()
+    logits = model(images[:2])
+    logits.logsumexp(-1).mean().backward()
+    assert model.blocks[0].attn.qkv.weight.grad is not None
+    if method in LEARNED:
+        grads = [p.grad for n, p in model.reducers.named_parameters() if LEARNED[method] in n]
+        assert grads and all(g is not None and g.abs().sum() > 0 for g in grads), "no gradient reaches the reducer"
+
+
+@pytest.mark.parametrize("method", ["topk", "evit", "l2", "dpc_knn", "sinkhorn"])
+def test_bfloat16_autocast(images, method):
+    model = tiny(method, 0.5).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(images[:2])
+    with torch.no_grad():
+        full = model(images[:2])
+    assert low.dtype == torch.bfloat16 and low.isfinite().all()
+    torch.testing.assert_close(low.float(), full, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("method", ["topk", "evit", "l1"])
+def test_torch_compile_pruning(images, method):
+    model = tiny(method, 0.5).eval()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(images[:2]), model(images[:2]), rtol=1e-4, atol=1e-4)
+
+
+BAD = [
+    (dict(method="topk", keep_rate=0.0), ValueError, r"keep_rate must be a number in \(0, 1\]"),
+    (dict(method="topk", keep_rate=1.5), ValueError, "keep_rate"),
+    (dict(method="topk", reduction_loc=(3, 12)), ValueError, r"must lie in \[0, 9\]"),
+    (dict(method="topk", reduction_loc=(6, 3)), ValueError, "strictly increasing"),
+    (dict(method="kmedoids", reduction_loc=(0, 3)), ValueError, r"must lie in \[1, 9\]"),
+    (dict(method="kmeans"), ValueError, "unknown method 'kmeans'"),
+    (dict(method="dpc_knn", options=dict(tie_break="coin")), ValueError, "tie_break"),
+    (dict(method="ats", options=dict(shape="round")), TypeError, "bad option for method 'ats'"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,message", BAD)
+def test_bad_configuration(kwargs, error, message):
+    model = timm.create_model("vit_tiny_patch16_224", depth=10, embed_dim=48, num_heads=3)
+    with pytest.raises(error, match=message):
+        tokred.patch(
+            model,
+            kwargs["method"],
+            kwargs.get("keep_rate", 0.5),
+            kwargs.get("reduction_loc", (3, 6, 9)),
+            **kwargs.get("options", {}),
+        )
+
+
+def test_wrong_image_size():
+    model = tiny("topk")
+    with pytest.raises(ValueError, match=r"built for \(224, 224\) images, got \(192, 192\)"):
+        model(torch.randn(1, 3, 192, 192))
+
+
+def test_unsupported_models():
+    with pytest.raises(ValueError, match="class token"):
+        tokred.patch(timm.create_model("vit_tiny_patch16_224", class_token=False, global_pool="avg", depth=2), "topk")
+    with pytest.raises(TypeError, match="timm VisionTransformer"):
+        tokred.patch(torch.nn.Linear(2, 2), "topk")
+
+
+def test_registers_and_layerscale_are_kept(images):
+    """Register tokens are prefix tokens: never reduced; LayerScale runs as in timm."""
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", depth=6, embed_dim=48, num_heads=3, reg_tokens=2, init_values=0.1, qk_norm=True
+    ).eval()
+    with torch.no_grad():
+        plain = model(images[:2])
+        reduced = tokred.patch(model, "topk", 0.5, (2, 4))
+        _, trace = reduced(images[:2], trace=True)
+        torch.testing.assert_close(tokred.patch(model, "topk", 0.5, ())(images[:2]), plain)
+    assert [s.token_counts.tolist() for s in trace.stages] == [[98, 98], [49, 49]]
+
+
+def test_pretrained_offline_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="pretrained_path"):
+        tokred.create_model("deit_tiny_patch16_224", "topk", pretrained=True)
+
+
+def test_pretrained_from_a_local_file(tmp_path):
+    torch.manual_seed(3)
+    source = timm.create_model("deit_tiny_patch16_224")
+    path = tmp_path / "deit_tiny.pth"
+    torch.save({"model": source.state_dict()}, path)
+    model = tokred.create_model("deit_tiny_patch16_224", "evit", pretrained_path=path, num_classes=5)
+    torch.testing.assert_close(model.blocks[5].mlp.fc1.weight, source.blocks[5].mlp.fc1.weight)
+    assert model.head.out_features == 5

@@ -1,0 +1,53 @@
+"""timm's multi-head self-attention, fused, plus only the by-products a reducer asks for."""
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from timm.layers import Attention
+from torch import Tensor
+
+EXTRAS = frozenset({"cls_attn", "value_norm", "keys", "received"})
+
+
+@dataclass
+class AttentionExtras:
+    """By-products of one attention call, each computed only on request (None otherwise).
+
+    cls_attn: [B, H, N] attention probabilities of the class token's query (one row, not the full map).
+    value_norm: [B, H, N] L2 norm of every value vector (ATS).
+    keys: [B, N, d] keys averaged over heads (ToMe).
+    received: [B, N] attention each token receives, summed over queries and heads (K-Medoids); the only
+        extra that materialises the full [B, H, N, N] map.
+    """
+
+    cls_attn: Tensor | None = None
+    value_norm: Tensor | None = None
+    keys: Tensor | None = None
+    received: Tensor | None = None
+
+
+def attend(attn: Attention, x: Tensor, bias: Tensor | None, wants: frozenset[str]) -> tuple[Tensor, AttentionExtras]:
+    """timm ``Attention.forward`` on x [B, N, C] with an additive key bias [B, 1, 1, N], plus ``wants`` extras."""
+    batch, n, _ = x.shape
+    q, k, v = attn.qkv(x).reshape(batch, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    extras = AttentionExtras()
+    if "received" in wants:
+        logits = (q * attn.scale) @ k.transpose(-2, -1)
+        probs = (logits if bias is None else logits + bias).softmax(-1)
+        extras.received = probs.sum((1, 2))
+        out = attn.attn_drop(probs) @ v
+    else:
+        dropout = attn.attn_drop.p if attn.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+    if "cls_attn" in wants:
+        logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # [B, H, 1, N]: O(N) not O(N²)
+        extras.cls_attn = (logits if bias is None else logits + bias).softmax(-1)[:, :, 0]
+    if "value_norm" in wants:
+        extras.value_norm = v.norm(dim=-1)
+    if "keys" in wants:
+        extras.keys = k.mean(1)
+    out = attn.norm(out.transpose(1, 2).reshape(batch, n, attn.attn_dim))
+    if getattr(attn, "gate", None) is not None:
+        out = out * attn.gate(x).sigmoid()
+    return attn.proj_drop(attn.proj(out)), extras

@@ -1,0 +1,154 @@
+"""Make a timm VisionTransformer reduce tokens: a class swap on the model and its blocks, new modules added."""
+
+from collections.abc import Sequence
+
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor, nn
+
+from tokred.attention import AttentionExtras, attend
+from tokred.reducers import METHODS, build_reducers
+from tokred.reducers.base import Reducer
+from tokred.state import TokenState
+from tokred.trace import Trace
+
+
+class ReducingBlock(Block):
+    """timm ``Block``.
+
+    Modifications: attention runs through :func:`tokred.attention.attend` with the token state's key bias
+    (padding masks, proportional attention) and computes the extras a reducer needs; an in-block reducer
+    runs between the attention and MLP halves.
+    """
+
+    def forward(  # type: ignore[override]
+        self, x: Tensor, state: TokenState, wants: frozenset[str], reducer: Reducer | None = None
+    ) -> tuple[Tensor, TokenState, AttentionExtras, dict]:
+        out, extras = attend(self.attn, self.norm1(x), state.attn_bias(x.dtype), wants)
+        x = x + self.drop_path1(self.ls1(out))
+        details: dict = {}
+        if reducer is not None:
+            x, state, details = reducer(x, state, extras)
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x, state, extras, details
+
+
+class ReducingVisionTransformer(VisionTransformer):
+    """timm ``VisionTransformer``.
+
+    Modifications: ``self.reducers`` (a ModuleDict keyed by block index) reduce tokens at their blocks;
+    ``forward(x, trace=True)`` returns ``(logits, Trace)``. Backbone parameters and their names are unchanged.
+    """
+
+    reducers: nn.ModuleDict
+    method: str
+
+    def forward_features(self, x: Tensor, trace: Trace | None = None) -> Tensor:  # type: ignore[override]
+        if tuple(x.shape[-2:]) != tuple(self.patch_embed.img_size):
+            raise ValueError(
+                f"this model was built for {tuple(self.patch_embed.img_size)} images, got {tuple(x.shape[-2:])}: "
+                "resize the input or create the model with img_size=..."
+            )
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        state = TokenState.start(x, self.num_prefix_tokens, tracing=trace is not None)
+        extras = AttentionExtras()
+        for index, block in enumerate(self.blocks):
+            reducer = self.reducer_at(index)
+            details: dict = {}
+            if reducer is not None and reducer.hook == "pre":
+                x, state, details = reducer(x, state, extras)
+            in_block = reducer if reducer is not None and reducer.hook == "in" else None
+            x, state, extras, in_details = block(x, state, self._wants(index), in_block)
+            if trace is not None:
+                if reducer is not None:
+                    trace.stages.append(state.stage_trace(x, index, **details, **in_details))
+                trace.cls_features.append(x[:, 0])
+        return self.norm(x)
+
+    def reducer_at(self, index: int) -> Reducer | None:
+        key = str(index)
+        return self.reducers[key] if key in self.reducers else None  # noqa: SIM401 (ModuleDict has no .get)
+
+    def _wants(self, index: int) -> frozenset[str]:
+        """Extras block ``index`` computes: for its own in-block reducer or the next block's pre-block reducer."""
+        wants: frozenset[str] = frozenset()
+        own, following = self.reducer_at(index), self.reducer_at(index + 1)
+        if own is not None and own.hook == "in":
+            wants |= own.needs
+        if following is not None and following.hook == "pre":
+            wants |= following.needs
+        return wants
+
+    def forward(self, x: Tensor, trace: bool = False) -> Tensor | tuple[Tensor, Trace]:  # type: ignore[override]
+        record = Trace(self.method) if trace else None
+        logits = self.forward_head(self.forward_features(x, record))
+        return (logits, record) if record is not None else logits
+
+
+def check_supported(model: nn.Module) -> None:
+    """Refuse, with the reason, what the reducing forward does not reproduce."""
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"tokred.patch needs a timm VisionTransformer, got {type(model).__name__}")
+    if not model.has_class_token or model.global_pool != "token":
+        raise ValueError(
+            f"token reduction needs the class token and global_pool='token' (got class_token={model.has_class_token}, "
+            f"global_pool={model.global_pool!r}): the reducers score tokens by their class-token attention"
+        )
+    if getattr(model, "dynamic_img_size", False):
+        raise ValueError("dynamic_img_size=True is not supported: reduction schedules assume a fixed patch grid")
+    for index, block in enumerate(model.blocks):
+        if type(block) not in (Block, ReducingBlock) or type(block.attn) is not Attention:
+            raise ValueError(
+                f"block {index} is a {type(block).__name__} with {type(block.attn).__name__}; tokred supports timm's "
+                "standard Block and Attention (LayerScale, qk-norm and register tokens included)"
+            )
+
+
+def init_new_modules(module: nn.Module) -> None:
+    """timm's ViT initialisation for new modules (SPEC §1): Linear trunc-normal(0.02) with zero bias,
+    LayerNorm ones and zeros; bare parameters keep their own initialisation."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def patch(
+    model: VisionTransformer,
+    method: str,
+    keep_rate: float = 0.5,
+    reduction_loc: Sequence[int] = (3, 6, 9),
+    **options: object,
+) -> ReducingVisionTransformer:
+    """Make ``model`` (its weights already loaded) reduce tokens with ``method``, in place.
+
+    Args:
+        model: a timm VisionTransformer with a class token.
+        method: one of :data:`tokred.reducers.METHODS`.
+        keep_rate: r in (0, 1]; stage s keeps floor(P r^s) spatial tokens (per-method details in SPEC §0.1).
+        reduction_loc: the blocks where the stages sit, strictly increasing.
+        **options: the method's own options (see its reducer), e.g. ``tie_break="noise"`` for DPC-KNN.
+
+    Returns:
+        The same object, now a :class:`ReducingVisionTransformer`; new modules live under ``reducers.*``.
+    """
+    check_supported(model)
+    reducers = build_reducers(
+        method, model.embed_dim, model.patch_embed.num_patches, len(model.blocks), keep_rate, reduction_loc, options
+    )
+    init_new_modules(reducers)
+    param = next(model.parameters())
+    reducers.to(device=param.device, dtype=param.dtype)
+    for block in model.blocks:
+        block.__class__ = ReducingBlock
+    model.__class__ = ReducingVisionTransformer
+    model.reducers = reducers
+    model.method = method
+    return model
+
+
+__all__ = ["METHODS", "ReducingBlock", "ReducingVisionTransformer", "patch"]

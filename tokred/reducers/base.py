@@ -1,0 +1,47 @@
+"""The contract every reduction method follows."""
+
+from typing import ClassVar, Literal
+
+from torch import Tensor, nn
+
+from tokred.attention import AttentionExtras
+from tokred.state import TokenState
+
+Details = dict[str, Tensor]
+
+
+class Reducer(nn.Module):
+    """One reduction stage: x [B, N, C] → x [B, N', C] with fewer spatial tokens.
+
+    ``hook`` says where it sits (SPEC §1.1): "pre" runs on the output of the block before, so its block runs
+    entirely on the reduced set; "in" runs inside its block between attention and MLP. ``needs`` names the
+    attention extras it reads (tokred.attention.AttentionExtras): from its own block for "in", from the
+    block before for "pre". ``target`` is the spatial token count the stage aims at, fixed at construction.
+    """
+
+    hook: ClassVar[Literal["pre", "in"]] = "pre"
+    needs: ClassVar[frozenset[str]] = frozenset()
+    first_block: ClassVar[int] = 0  # the earliest block a stage may sit in
+
+    @classmethod
+    def stages(cls, dim: int, targets: list[int], num_patches: int, **options: object) -> list["Reducer"]:
+        """One reducer per stage from the stage targets K_s; methods that plan across stages override this."""
+        return [cls(dim, target, **options) for target in targets]
+
+    def __init__(self, dim: int, target: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.target = target
+
+    def forward(self, x: Tensor, state: TokenState, extras: AttentionExtras) -> tuple[Tensor, TokenState, Details]:
+        """Returns the reduced tokens, their state, and trace details (``centres``, ``soft_assignment``)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"target={self.target}"
+
+
+def class_attention(extras: AttentionExtras, num_prefix: int) -> Tensor:
+    """[B, N - num_prefix] head-averaged attention of the class token on the spatial tokens."""
+    assert extras.cls_attn is not None, "the block must compute cls_attn for this reducer"
+    return extras.cls_attn.mean(1)[:, num_prefix:]

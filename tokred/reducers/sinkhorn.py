@@ -1,0 +1,37 @@
+"""Sinkhorn: entropic optimal transport of the tokens onto learned unit-norm centres (SPEC §3.11)."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tokred import ops
+from tokred.attention import AttentionExtras
+from tokred.reducers.base import Details, Reducer
+from tokred.state import TokenState
+
+
+class Sinkhorn(Reducer):
+    """Pre-block: cosine scores between the unit tokens and K learned centres (init N(0, 1), projected to the
+    unit sphere in place on every forward, as the study did), a log-domain Sinkhorn plan Π [B, K, N], and
+    merged tokens Π x̂ (a sum of unit tokens).
+
+    Options:
+        eps: entropic regularisation (the study: 1.0).
+        iters: Sinkhorn iterations (the study: 3).
+        marginals: "paper" or "balanced" (see tokred.ops.sinkhorn).
+    """
+
+    def __init__(self, dim: int, target: int, eps: float = 1.0, iters: int = 3, marginals: str = "paper") -> None:
+        super().__init__(dim, target)
+        self.eps, self.iters, self.marginals = eps, iters, marginals
+        self.centres = nn.Parameter(torch.randn(target, dim))
+
+    def forward(self, x: Tensor, state: TokenState, extras: AttentionExtras) -> tuple[Tensor, TokenState, Details]:
+        with torch.no_grad():
+            self.centres.copy_(F.normalize(self.centres, dim=-1))
+        tokens = F.normalize(x[:, state.num_prefix :], dim=-1)
+        scores = self.centres.to(tokens.dtype) @ tokens.transpose(1, 2)  # [B, K, N]
+        plan = ops.sinkhorn(scores, self.eps, self.iters, self.marginals)
+        x, state = state.merge(x, plan @ tokens, plan.argmax(1))
+        centres = self.centres.detach().expand(x.shape[0], -1, -1)
+        return x, state, {"soft_assignment": plan.detach(), "centres": centres}

@@ -1,0 +1,108 @@
+"""The token state that travels with x [B, N, C] from block to block."""
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from tokred.trace import StageTrace
+
+
+@dataclass
+class TokenState:
+    """Bookkeeping for the tokens x [B, N, C]; the first ``num_prefix`` (class token, registers) are never reduced.
+
+    Attributes:
+        num_prefix: leading tokens no reducer touches.
+        size: [B, N] original patches per token, for size-weighted merges and proportional attention; None
+            while every token is one patch.
+        mask: [B, N] bool, False for padding slots (ATS); None while there are none.
+        proportional: add log(size) to the attention logits (ToMe).
+        patch_token: [B, P] while tracing: the spatial token holding each original patch, -1 once dropped.
+    """
+
+    num_prefix: int
+    size: Tensor | None = None
+    mask: Tensor | None = None
+    proportional: bool = False
+    patch_token: Tensor | None = None
+
+    @classmethod
+    def start(cls, x: Tensor, num_prefix: int, tracing: bool) -> "TokenState":
+        batch, n = x.shape[:2]
+        grid = torch.arange(n - num_prefix, device=x.device).expand(batch, -1) if tracing else None
+        return cls(num_prefix, patch_token=grid)
+
+    def attn_bias(self, dtype: torch.dtype) -> Tensor | None:
+        """Additive key bias [B, 1, 1, N] for attention, or None when no token needs one."""
+        bias = self.size.log() if self.proportional and self.size is not None else None
+        if self.mask is not None:
+            masked = torch.zeros(self.mask.shape, device=self.mask.device).masked_fill(
+                ~self.mask, torch.finfo(dtype).min
+            )
+            bias = masked if bias is None else bias + masked
+        return None if bias is None else bias[:, None, None, :].to(dtype)
+
+    def spatial_mask(self, x: Tensor) -> Tensor:
+        """[B, N - num_prefix] bool, True for real spatial tokens."""
+        if self.mask is None:
+            return torch.ones(x.shape[0], x.shape[1] - self.num_prefix, dtype=torch.bool, device=x.device)
+        return self.mask[:, self.num_prefix :]
+
+    def select(self, x: Tensor, keep: Tensor, valid: Tensor | None = None) -> tuple[Tensor, "TokenState"]:
+        """Keep the spatial tokens ``keep`` [B, K] (indices among the current spatial tokens, in output order).
+
+        ``valid`` [B, K] marks padding slots (their index may be anything; they become masked copies of token 0).
+        """
+        p = self.num_prefix
+        keep = keep if valid is None else torch.where(valid, keep, 0)
+        seq = torch.cat([torch.arange(p, device=x.device).expand(x.shape[0], -1), keep + p], dim=1)  # [B, P + K]
+        out = x.gather(1, seq[..., None].expand(-1, -1, x.shape[-1]))
+        size = None if self.size is None else self.size.gather(1, seq)
+        mask = None if self.mask is None and valid is None else self._gathered_mask(seq, valid)
+        patch_token = None
+        if self.patch_token is not None:
+            position = torch.full(x.shape[:1] + (x.shape[1] - p + 1,), -1, device=x.device)  # last slot: dropped
+            slot = torch.where(valid, keep, x.shape[1] - p) if valid is not None else keep
+            position.scatter_(1, slot, torch.arange(keep.shape[1], device=x.device).expand_as(keep))
+            patch_token = self._compose(position[:, :-1])
+        return out, replace(self, size=size, mask=mask, patch_token=patch_token)
+
+    def merge(self, x: Tensor, merged: Tensor, assignment: Tensor) -> tuple[Tensor, "TokenState"]:
+        """Replace the spatial tokens by ``merged`` [B, K, C]; ``assignment`` [B, N - num_prefix] gives each old
+        spatial token's new token (-1: dropped). Sizes add up along the assignment."""
+        p = self.num_prefix
+        out = torch.cat([x[:, :p], merged], dim=1)
+        size = None
+        if self.size is not None:
+            spatial = self.size[:, p:] * (assignment >= 0)
+            size = spatial.new_zeros(merged.shape[:2]).scatter_add_(1, assignment.clamp_min(0), spatial)
+            size = torch.cat([self.size[:, :p], size], dim=1)
+        patch_token = None if self.patch_token is None else self._compose(assignment)
+        return out, replace(self, size=size, patch_token=patch_token)
+
+    def _gathered_mask(self, seq: Tensor, valid: Tensor | None) -> Tensor:
+        mask = torch.ones_like(seq, dtype=torch.bool) if self.mask is None else self.mask.gather(1, seq)
+        if valid is not None:
+            mask[:, self.num_prefix :] &= valid
+        return mask
+
+    def _compose(self, new_index: Tensor) -> Tensor:
+        """patch_token after a stage that sends old spatial token t to new_index[:, t] (-1: dropped)."""
+        assert self.patch_token is not None
+        moved = new_index.gather(1, self.patch_token.clamp_min(0))
+        return torch.where(self.patch_token >= 0, moved, -1)
+
+    def stage_trace(self, x: Tensor, block: int, **details: Tensor | None) -> StageTrace:
+        """The trace of the stage that produced x (call only while tracing)."""
+        assert self.patch_token is not None
+        batch, tokens = x.shape[0], x.shape[1] - self.num_prefix
+        held = torch.where(self.patch_token >= 0, self.patch_token, tokens)  # dropped patches land in a spare slot
+        count = torch.zeros(batch, tokens + 1, dtype=torch.long, device=x.device).scatter_add_(
+            1, held, torch.ones_like(held)
+        )[:, :tokens]
+        patch = torch.full((batch, tokens + 1), -1, dtype=torch.long, device=x.device)
+        patch.scatter_(1, held, torch.arange(held.shape[1], device=x.device).expand_as(held))
+        kept = torch.where(count == 1, patch[:, :tokens], -1)
+        counts = self.spatial_mask(x).sum(-1)
+        return StageTrace(block, self.patch_token, kept, counts, **details)
