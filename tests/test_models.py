@@ -15,8 +15,8 @@ RADIAL = {  # SPEC §3.1
     "linf": {0.25: [36, 16, 4], 0.5: [100, 36, 16], 0.7: [144, 100, 64], 0.9: [196, 144, 144]},
 }
 TOME = {0.25: [98, 61, 52], 0.5: [98, 49, 25], 0.7: [137, 96, 67], 0.9: [176, 158, 142]}
-EXACT_K = ["topk", "kmedoids", "dpc_knn", "sit", "patchmerger", "sinkhorn"]
-LEARNED = {"dpc_knn": "score", "sit": "mlp", "patchmerger": "queries", "sinkhorn": "centres"}
+EXACT_K = ["topk", "dynamicvit", "kmedoids", "dpc_knn", "sit", "patchmerger", "sinkhorn"]
+LEARNED = {"dynamicvit": "predictor", "dpc_knn": "score", "sit": "mlp", "patchmerger": "queries", "sinkhorn": "centres"}
 
 
 def tiny(method: str, keep_rate: float = 0.5, loc=(3, 6, 9), **options) -> ReducingVisionTransformer:
@@ -271,3 +271,34 @@ def test_pretrained_from_a_local_file(tmp_path):
     model = tokred.create_model("deit_tiny_patch16_224", "evit", pretrained_path=path, num_classes=5)
     torch.testing.assert_close(model.blocks[5].mlp.fc1.weight, source.blocks[5].mlp.fc1.weight)
     assert model.head.out_features == 5
+
+
+def test_dynamicvit_training(images):
+    """Decisions never revive a dropped token; the loss has its four terms and reaches the predictors."""
+    model = tiny("dynamicvit", 0.5).train()
+    logits, aux = model(images, aux=True)
+    decisions = aux["decisions"]
+    assert len(decisions) == 3 and aux["tokens"].shape == (4, 196, 48)
+    for earlier, later in zip(decisions, decisions[1:], strict=False):
+        assert (later <= earlier).all()
+    teacher_logits, teacher_tokens = torch.randn_like(logits), torch.randn_like(aux["tokens"])
+    criterion = tokred.DynamicViTLoss(torch.nn.CrossEntropyLoss(), model.keep_ratios)
+    target = torch.tensor([0, 1, 2, 3])
+    full = criterion(logits, aux, target, (teacher_logits, teacher_tokens))
+    base = criterion(logits, aux, target)
+    ratio = sum(((d.mean(1) - r) ** 2).mean() for d, r in zip(decisions, [0.5, 0.25, 0.125], strict=True)) / 3
+    torch.testing.assert_close(base, torch.nn.functional.cross_entropy(logits, target) + 2.0 * ratio)
+    assert full > base
+    full.backward()
+    assert all(p.grad is not None for p in model.reducers.parameters())
+
+
+def test_policy_softmax():
+    """Rows sum to one; a token attends to dropped tokens only to eps level, except to itself (SPEC §13)."""
+    logits = torch.randn(2, 3, 6, 6)
+    policy = torch.tensor([[1.0, 1, 0, 1, 0, 1], [1.0, 0, 0, 0, 0, 0]])
+    probs = tokred.attention.policy_softmax(logits, policy)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, 6))
+    dropped = (policy == 0)[:, None, None, :] & ~torch.eye(6, dtype=torch.bool)
+    assert probs[dropped.expand_as(probs)].max() < 1e-5
+    torch.testing.assert_close(tokred.attention.policy_softmax(logits, torch.ones(2, 6)), logits.softmax(-1))

@@ -3,8 +3,17 @@
 from tokred import ops
 from tokred.models import create_model
 from tokred.patch import ReducingVisionTransformer, patch
-from tokred.reducers import METHODS
+from tokred.reducers import METHODS, DynamicViTLoss
 from tokred.trace import StageTrace, Trace
 
-__all__ = ["METHODS", "ReducingVisionTransformer", "StageTrace", "Trace", "create_model", "ops", "patch"]
+__all__ = [
+    "METHODS",
+    "DynamicViTLoss",
+    "ReducingVisionTransformer",
+    "StageTrace",
+    "Trace",
+    "create_model",
+    "ops",
+    "patch",
+]
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from timm.layers import Attention
 from torch import Tensor
@@ -26,13 +27,32 @@ class AttentionExtras:
     received: Tensor | None = None
 
 
-def attend(attn: Attention, x: Tensor, bias: Tensor | None, wants: frozenset[str]) -> tuple[Tensor, AttentionExtras]:
-    """timm ``Attention.forward`` on x [B, N, C] with an additive key bias [B, 1, 1, N], plus ``wants`` extras."""
+def policy_softmax(logits: Tensor, policy: Tensor, eps: float = 1e-6) -> Tensor:
+    """DynamicViT's masked softmax over the last dim of logits [B, H, N, N] for keep decisions policy [B, N]:
+    key j counts when kept or when j is the query itself; eps/N and eps keep empty rows finite. float32."""
+    n = logits.shape[-1]
+    eye = torch.eye(n, device=logits.device)
+    mask = policy[:, None, None, :].float() + (1 - policy[:, None, None, :].float()) * eye
+    shifted = (logits.float() - logits.float().amax(-1, keepdim=True)).exp() * mask
+    return ((shifted + eps / n) / (shifted.sum(-1, keepdim=True) + eps)).to(logits.dtype)
+
+
+def attend(
+    attn: Attention, x: Tensor, bias: Tensor | None, wants: frozenset[str], policy: Tensor | None = None
+) -> tuple[Tensor, AttentionExtras]:
+    """timm ``Attention.forward`` on x [B, N, C] with an additive key bias [B, 1, 1, N], plus ``wants`` extras.
+
+    With a DynamicViT ``policy`` [B, N] the full map is formed with :func:`policy_softmax` (no dropout)."""
     batch, n, _ = x.shape
     q, k, v = attn.qkv(x).reshape(batch, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     extras = AttentionExtras()
-    if "received" in wants:
+    if policy is not None:
+        logits = (q * attn.scale) @ k.transpose(-2, -1)
+        probs = policy_softmax(logits if bias is None else logits + bias, policy)
+        extras.received = probs.sum((1, 2))
+        out = probs @ v
+    elif "received" in wants:
         logits = (q * attn.scale) @ k.transpose(-2, -1)
         probs = (logits if bias is None else logits + bias).softmax(-1)
         extras.received = probs.sum((1, 2))

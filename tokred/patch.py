@@ -24,7 +24,7 @@ class ReducingBlock(Block):
     def forward(  # type: ignore[override]
         self, x: Tensor, state: TokenState, wants: frozenset[str], reducer: Reducer | None = None
     ) -> tuple[Tensor, TokenState, AttentionExtras, dict]:
-        out, extras = attend(self.attn, self.norm1(x), state.attn_bias(x.dtype), wants)
+        out, extras = attend(self.attn, self.norm1(x), state.attn_bias(x.dtype), wants, state.policy)
         x = x + self.drop_path1(self.ls1(out))
         details: dict = {}
         if reducer is not None:
@@ -42,8 +42,12 @@ class ReducingVisionTransformer(VisionTransformer):
 
     reducers: nn.ModuleDict
     method: str
+    keep_rate: float
 
-    def forward_features(self, x: Tensor, trace: Trace | None = None) -> Tensor:  # type: ignore[override]
+    def forward_features(  # type: ignore[override]
+        self, x: Tensor, trace: Trace | None = None, decisions: list[Tensor] | None = None
+    ) -> Tensor:
+        """Tokens [B, N', C] after the final norm; fills ``trace`` and DynamicViT's training ``decisions``."""
         if tuple(x.shape[-2:]) != tuple(self.patch_embed.img_size):
             raise ValueError(
                 f"this model was built for {tuple(self.patch_embed.img_size)} images, got {tuple(x.shape[-2:])}: "
@@ -51,6 +55,8 @@ class ReducingVisionTransformer(VisionTransformer):
             )
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
         state = TokenState.start(x, self.num_prefix_tokens, tracing=trace is not None)
+        for reducer in self.reducers.values():
+            state = reducer.prepare(x, state)
         extras = AttentionExtras()
         for index, block in enumerate(self.blocks):
             reducer = self.reducer_at(index)
@@ -59,9 +65,14 @@ class ReducingVisionTransformer(VisionTransformer):
                 x, state, details = reducer(x, state, extras)
             in_block = reducer if reducer is not None and reducer.hook == "in" else None
             x, state, extras, in_details = block(x, state, self._wants(index), in_block)
+            details |= in_details
+            if decisions is not None and "decision" in details:
+                decisions.append(details["decision"])
             if trace is not None:
                 if reducer is not None:
-                    trace.stages.append(state.stage_trace(x, index, **details, **in_details))
+                    trace.stages.append(
+                        state.stage_trace(x, index, **{k: v for k, v in details.items() if k != "decision"})
+                    )
                 trace.cls_features.append(x[:, 0])
         return self.norm(x)
 
@@ -79,10 +90,25 @@ class ReducingVisionTransformer(VisionTransformer):
             wants |= following.needs
         return wants
 
-    def forward(self, x: Tensor, trace: bool = False) -> Tensor | tuple[Tensor, Trace]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, x: Tensor, trace: bool = False, aux: bool = False
+    ) -> Tensor | tuple[Tensor, Trace] | tuple[Tensor, dict[str, object]]:
+        """Logits [B, classes]; with ``trace``, also the :class:`Trace`; with ``aux`` (DynamicViT training),
+        also {"decisions": per-stage keep decisions [B, P], "tokens": final normed spatial tokens [B, P, C]}."""
         record = Trace(self.method) if trace else None
-        logits = self.forward_head(self.forward_features(x, record))
-        return (logits, record) if record is not None else logits
+        decisions: list[Tensor] | None = [] if aux else None
+        features = self.forward_features(x, record, decisions)
+        logits = self.forward_head(features)
+        if record is not None:
+            return logits, record
+        if decisions is not None:
+            return logits, {"decisions": decisions, "tokens": features[:, self.num_prefix_tokens :]}
+        return logits
+
+    @property
+    def keep_ratios(self) -> list[float]:
+        """r^s for every stage: DynamicViT's ratio-loss targets."""
+        return [self.keep_rate ** (s + 1) for s in range(len(self.reducers))]
 
 
 def check_supported(model: nn.Module) -> None:
@@ -148,6 +174,7 @@ def patch(
     model.__class__ = ReducingVisionTransformer
     model.reducers = reducers
     model.method = method
+    model.keep_rate = keep_rate
     return model
 
 

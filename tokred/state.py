@@ -18,6 +18,8 @@ class TokenState:
             while every token is one patch.
         mask: [B, N] bool, False for padding slots (ATS); None while there are none.
         proportional: add log(size) to the attention logits (ToMe).
+        policy: [B, N] float keep decisions (DynamicViT training): attention ignores dropped keys (each token
+            still sees itself) through the policy-masked softmax; None otherwise.
         patch_token: [B, P] while tracing: the spatial token holding each original patch, -1 once dropped.
     """
 
@@ -25,6 +27,7 @@ class TokenState:
     size: Tensor | None = None
     mask: Tensor | None = None
     proportional: bool = False
+    policy: Tensor | None = None
     patch_token: Tensor | None = None
 
     @classmethod

@@ -7,6 +7,7 @@ from torch import nn
 from tokred.reducers.ats import ATS
 from tokred.reducers.base import Reducer
 from tokred.reducers.dpc_knn import DPCKNN
+from tokred.reducers.dynamicvit import DynamicViT, DynamicViTLoss
 from tokred.reducers.evit import EViT
 from tokred.reducers.kmedoids import KMedoids
 from tokred.reducers.patch_merger import PatchMerger
@@ -23,6 +24,7 @@ METHODS: dict[str, type[Reducer]] = {
     "linf": Radial,
     "topk": TopK,
     "evit": EViT,
+    "dynamicvit": DynamicViT,
     "ats": ATS,
     "tome": ToMe,
     "kmedoids": KMedoids,
@@ -57,4 +59,4 @@ def build_reducers(
     return nn.ModuleDict({str(block): stage for block, stage in zip(loc, stages, strict=True)})
 
 
-__all__ = ["METHODS", "Reducer", "build_reducers"]
+__all__ = ["METHODS", "DynamicViTLoss", "Reducer", "build_reducers"]

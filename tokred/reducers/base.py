@@ -33,6 +33,10 @@ class Reducer(nn.Module):
         self.dim = dim
         self.target = target
 
+    def prepare(self, x: Tensor, state: TokenState) -> TokenState:
+        """Called once per forward before block 0 (DynamicViT sets its training policy here)."""
+        return state
+
     def forward(self, x: Tensor, state: TokenState, extras: AttentionExtras) -> tuple[Tensor, TokenState, Details]:
         """Returns the reduced tokens, their state, and trace details (``centres``, ``soft_assignment``)."""
         raise NotImplementedError
