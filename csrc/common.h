@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <optional>
 #include <string_view>
 #include <tuple>
 
@@ -37,6 +38,63 @@ inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const ch
 
 inline void check_clusters(int64_t k, int64_t n) {
   TORCH_CHECK(k >= 1 && k <= n, "tokred: the number of clusters must be in [1, ", n, "], got ", k);
+}
+
+// The argument checks of each operator, shared by its CPU and CUDA kernels.
+inline void check_ats_args(const at::Tensor& scores, const at::Tensor& mask, int64_t num_samples) {
+  check_rank(scores, 2, "scores");
+  check_floating(scores, "scores");
+  TORCH_CHECK(mask.sizes() == scores.sizes() && mask.scalar_type() == at::kBool,
+              "tokred: mask must be a bool tensor shaped like scores ", scores.sizes());
+  check_same_device(mask, scores, "mask", "scores");
+  TORCH_CHECK(num_samples >= 1, "tokred: num_samples must be at least 1, got ", num_samples);
+}
+
+inline void check_per_token(const std::optional<at::Tensor>& t, const at::Tensor& x, const char* name) {
+  if (!t) return;
+  TORCH_CHECK(t->dim() == 2 && t->size(0) == x.size(0) && t->size(1) == x.size(1), "tokred: ", name,
+              " must have shape [B, N] = [", x.size(0), ", ", x.size(1), "], got ", t->sizes());
+  check_same_device(*t, x, name, "x");
+}
+
+inline void check_dpc_knn_args(const at::Tensor& x, int64_t num_clusters, int64_t k_neighbors,
+                               const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& noise) {
+  check_rank(x, 3, "x");
+  check_floating(x, "x");
+  check_clusters(num_clusters, x.size(1));
+  TORCH_CHECK(k_neighbors >= 1, "tokred: k_neighbors must be at least 1, got ", k_neighbors);
+  check_per_token(mask, x, "mask");
+  TORCH_CHECK(!mask || mask->scalar_type() == at::kBool, "tokred: mask must be a bool tensor");
+  check_per_token(noise, x, "noise");
+}
+
+inline void check_kmedoids_args(const at::Tensor& x, const at::Tensor& weights, int64_t num_clusters, int64_t iters) {
+  check_rank(x, 3, "x");
+  check_floating(x, "x");
+  check_per_token(weights, x, "weights");
+  check_clusters(num_clusters, x.size(1));
+  TORCH_CHECK(iters >= 0, "tokred: iters must be non-negative, got ", iters);
+}
+
+inline void check_sinkhorn_args(const at::Tensor& scores, double eps, int64_t iters) {
+  check_rank(scores, 3, "scores");
+  check_floating(scores, "scores");
+  TORCH_CHECK(eps > 0, "tokred: eps must be positive, got ", eps);
+  TORCH_CHECK(iters >= 0, "tokred: iters must be non-negative, got ", iters);
+}
+
+inline void check_sinkhorn_backward_args(const at::Tensor& grad_plan, const at::Tensor& scores, const at::Tensor& u,
+                                         const at::Tensor& v, double eps) {
+  check_rank(u, 3, "u");
+  check_sinkhorn_args(scores, eps, u.size(1));
+  const int64_t b = scores.size(0), k = scores.size(1), n = scores.size(2), iters = u.size(1);
+  TORCH_CHECK(grad_plan.sizes() == scores.sizes(), "tokred: grad_plan must be shaped like scores");
+  TORCH_CHECK(u.sizes() == at::IntArrayRef({b, iters, k}) && v.sizes() == at::IntArrayRef({b, iters, n}),
+              "tokred: u and v must be Sinkhorn's histories [B, T, K] and [B, T, N], got ", u.sizes(), " and ",
+              v.sizes());
+  check_same_device(grad_plan, scores, "grad_plan", "scores");
+  check_same_device(u, scores, "u", "scores");
+  check_same_device(v, scores, "v", "scores");
 }
 
 // ATS: "nearest" (the study) or "inverse" (textbook inverse transform).

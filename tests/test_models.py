@@ -302,3 +302,28 @@ def test_policy_softmax():
     dropped = (policy == 0)[:, None, None, :] & ~torch.eye(6, dtype=torch.bool)
     assert probs[dropped.expand_as(probs)].max() < 1e-5
     torch.testing.assert_close(tokred.attention.policy_softmax(logits, torch.ones(2, 6)), logits.softmax(-1))
+
+
+@pytest.mark.parametrize("method", sorted(tokred.METHODS))
+def test_prefix_tokens_pass_untouched(images, method):
+    """No reducer changes the class token or the registers; they stay in front."""
+    torch.manual_seed(0)
+    base = timm.create_model("vit_tiny_patch16_224", depth=8, embed_dim=48, num_heads=3, reg_tokens=2)
+    if method == "tome":
+        base = timm.create_model("vit_tiny_patch16_224", depth=8, embed_dim=48, num_heads=3)
+    model = tokred.patch(base, method, 0.5, (2, 5)).eval()
+    pairs = []
+    for reducer in model.reducers.values():
+        forward = reducer.forward
+
+        def spy(x, state, extras, forward=forward):
+            out = forward(x, state, extras)
+            pairs.append((x[:, : state.num_prefix], out[0][:, : state.num_prefix]))
+            return out
+
+        reducer.forward = spy
+    with torch.no_grad():
+        model(images[:2])
+    assert len(pairs) == 2
+    for before, after in pairs:
+        assert torch.equal(before, after)

@@ -59,11 +59,7 @@ void ats_image(const T* scores, const bool* mask, int64_t n, int64_t k, bool nea
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ats_sample_cpu(const at::Tensor& scores_in, const at::Tensor& mask_in,
                                                               int64_t num_samples, c10::string_view rule) {
-  check_rank(scores_in, 2, "scores");
-  check_floating(scores_in, "scores");
-  TORCH_CHECK(mask_in.sizes() == scores_in.sizes() && mask_in.scalar_type() == at::kBool,
-              "tokred: mask must be a bool tensor shaped like scores ", scores_in.sizes());
-  TORCH_CHECK(num_samples >= 1, "tokred: num_samples must be at least 1, got ", num_samples);
+  check_ats_args(scores_in, mask_in, num_samples);
   const bool nearest = ats_nearest(rule);
   const auto scores = scores_in.contiguous();
   const auto mask = mask_in.contiguous();

@@ -88,23 +88,13 @@ void dpc_image(const A* x, const bool* valid, const A* noise, int64_t n, int64_t
 std::tuple<at::Tensor, at::Tensor> dpc_knn_cpu(const at::Tensor& x_in, int64_t num_clusters, int64_t k_neighbors,
                                                const std::optional<at::Tensor>& mask_in,
                                                const std::optional<at::Tensor>& noise_in) {
-  check_rank(x_in, 3, "x");
-  check_floating(x_in, "x");
+  check_dpc_knn_args(x_in, num_clusters, k_neighbors, mask_in, noise_in);
   const int64_t b = x_in.size(0), n = x_in.size(1), c = x_in.size(2);
-  check_clusters(num_clusters, n);
-  TORCH_CHECK(k_neighbors >= 1, "tokred: k_neighbors must be at least 1, got ", k_neighbors);
   const auto acc = accumulation_type(x_in.scalar_type());
   const auto x = x_in.to(acc).contiguous();
   at::Tensor mask, noise;
-  if (mask_in) {
-    TORCH_CHECK(mask_in->scalar_type() == at::kBool && mask_in->sizes() == at::IntArrayRef({b, n}),
-                "tokred: mask must be a bool tensor of shape [B, N] = [", b, ", ", n, "]");
-    mask = mask_in->contiguous();
-  }
-  if (noise_in) {
-    TORCH_CHECK(noise_in->sizes() == at::IntArrayRef({b, n}), "tokred: noise must have shape [B, N] = [", b, ", ", n, "]");
-    noise = noise_in->to(acc).contiguous();
-  }
+  if (mask_in) mask = mask_in->contiguous();
+  if (noise_in) noise = noise_in->to(acc).contiguous();
   auto centres = at::empty({b, num_clusters}, x.options().dtype(at::kLong));
   auto assignment = at::empty({b, n}, x.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(acc, "dpc_knn_cpu", [&] {

@@ -69,13 +69,8 @@ void kmedoids_image(const A* x, const A* w, int64_t n, int64_t c, int64_t k, int
 
 std::tuple<at::Tensor, at::Tensor> kmedoids_cpu(const at::Tensor& x_in, const at::Tensor& weights_in,
                                                 int64_t num_clusters, int64_t iters, c10::string_view rule) {
-  check_rank(x_in, 3, "x");
-  check_floating(x_in, "x");
+  check_kmedoids_args(x_in, weights_in, num_clusters, iters);
   const int64_t b = x_in.size(0), n = x_in.size(1), c = x_in.size(2);
-  TORCH_CHECK(weights_in.sizes() == at::IntArrayRef({b, n}), "tokred: weights must have shape [B, N] = [", b, ", ", n,
-              "], got ", weights_in.sizes());
-  check_clusters(num_clusters, n);
-  TORCH_CHECK(iters >= 0, "tokred: iters must be non-negative, got ", iters);
   const bool paper = kmedoids_paper(rule);
   const auto acc = accumulation_type(x_in.scalar_type());
   const auto x = x_in.to(acc).contiguous();

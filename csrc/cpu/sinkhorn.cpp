@@ -137,16 +137,9 @@ TOKRED_VECTOR_CLONES void backward_image(const double* z, int64_t k, int64_t n, 
   sinkhorn_backward_image(z, k, n, iters, log_mu, log_nu, log_scale, u, v, g, gu, gv);
 }
 
-void check_scores(const at::Tensor& scores, double eps) {
-  check_rank(scores, 3, "scores");
-  check_floating(scores, "scores");
-  TORCH_CHECK(eps > 0, "tokred: eps must be positive, got ", eps);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& scores_in, double eps, int64_t iters,
                                                             c10::string_view marginals) {
-  check_scores(scores_in, eps);
-  TORCH_CHECK(iters >= 0, "tokred: iters must be non-negative, got ", iters);
+  check_sinkhorn_args(scores_in, eps, iters);
   const int64_t b = scores_in.size(0), k = scores_in.size(1), n = scores_in.size(2);
   const auto [log_mu, log_nu, log_scale] = sinkhorn_log_marginals(k, n, marginals);
   const auto scores = scores_in.contiguous();
@@ -176,9 +169,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& sc
 
 at::Tensor sinkhorn_backward_cpu(const at::Tensor& grad_plan, const at::Tensor& scores, const at::Tensor& u,
                                  const at::Tensor& v, double eps, c10::string_view marginals) {
-  check_scores(scores, eps);
+  check_sinkhorn_backward_args(grad_plan, scores, u, v, eps);
   const int64_t b = scores.size(0), k = scores.size(1), n = scores.size(2), iters = u.size(1);
-  TORCH_CHECK(grad_plan.sizes() == scores.sizes(), "tokred: grad_plan must be shaped like scores");
   const auto [log_mu, log_nu, log_scale] = sinkhorn_log_marginals(k, n, marginals);
   const auto acc = accumulation_type(scores.scalar_type());
   const auto z = (scores.to(acc) / eps).contiguous();

@@ -105,12 +105,7 @@ __global__ __launch_bounds__(kThreads) void ats_kernel(const scalar_t* __restric
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ats_sample_cuda(const at::Tensor& scores_in, const at::Tensor& mask_in,
                                                                int64_t num_samples, c10::string_view rule) {
-  check_rank(scores_in, 2, "scores");
-  check_floating(scores_in, "scores");
-  TORCH_CHECK(mask_in.sizes() == scores_in.sizes() && mask_in.scalar_type() == at::kBool,
-              "tokred: mask must be a bool tensor shaped like scores ", scores_in.sizes());
-  check_same_device(mask_in, scores_in, "mask", "scores");
-  TORCH_CHECK(num_samples >= 1, "tokred: num_samples must be at least 1, got ", num_samples);
+  check_ats_args(scores_in, mask_in, num_samples);
   const bool nearest = ats_nearest(rule);
   const c10::cuda::CUDAGuard guard(scores_in.device());
   const auto scores = scores_in.contiguous();

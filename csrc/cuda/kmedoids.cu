@@ -91,14 +91,8 @@ __global__ __launch_bounds__(kThreads) void kmedoids_kernel(const A* __restrict_
 
 std::tuple<at::Tensor, at::Tensor> kmedoids_cuda(const at::Tensor& x_in, const at::Tensor& weights_in,
                                                  int64_t num_clusters, int64_t iters, c10::string_view rule) {
-  check_rank(x_in, 3, "x");
-  check_floating(x_in, "x");
+  check_kmedoids_args(x_in, weights_in, num_clusters, iters);
   const int64_t b = x_in.size(0), n = x_in.size(1);
-  TORCH_CHECK(weights_in.sizes() == at::IntArrayRef({b, n}), "tokred: weights must have shape [B, N] = [", b, ", ", n,
-              "], got ", weights_in.sizes());
-  check_same_device(weights_in, x_in, "weights", "x");
-  check_clusters(num_clusters, n);
-  TORCH_CHECK(iters >= 0, "tokred: iters must be non-negative, got ", iters);
   check_int_range(iters, "iters");
   const bool paper = kmedoids_paper(rule);
   const c10::cuda::CUDAGuard guard(x_in.device());

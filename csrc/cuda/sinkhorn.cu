@@ -169,16 +169,9 @@ __global__ __launch_bounds__(kThreads) void sinkhorn_backward_kernel(
   }
 }
 
-void check_scores(const at::Tensor& scores, double eps) {
-  check_rank(scores, 3, "scores");
-  check_floating(scores, "scores");
-  TORCH_CHECK(eps > 0, "tokred: eps must be positive, got ", eps);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& scores_in, double eps, int64_t iters,
                                                              c10::string_view marginals) {
-  check_scores(scores_in, eps);
-  TORCH_CHECK(iters >= 0, "tokred: iters must be non-negative, got ", iters);
+  check_sinkhorn_args(scores_in, eps, iters);
   const int64_t b = scores_in.size(0), k = scores_in.size(1), n = scores_in.size(2);
   const auto [log_mu, log_nu, log_scale] = sinkhorn_log_marginals(k, n, marginals);
   check_int_range(k * n, "K * N");
@@ -205,15 +198,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& s
 
 at::Tensor sinkhorn_backward_cuda(const at::Tensor& grad_plan, const at::Tensor& scores_in, const at::Tensor& u_in,
                                   const at::Tensor& v_in, double eps, c10::string_view marginals) {
-  check_scores(scores_in, eps);
+  check_sinkhorn_backward_args(grad_plan, scores_in, u_in, v_in, eps);
   const int64_t b = scores_in.size(0), k = scores_in.size(1), n = scores_in.size(2), iters = u_in.size(1);
-  TORCH_CHECK(grad_plan.sizes() == scores_in.sizes(), "tokred: grad_plan must be shaped like scores");
-  TORCH_CHECK(u_in.sizes() == at::IntArrayRef({b, iters, k}) && v_in.sizes() == at::IntArrayRef({b, iters, n}),
-              "tokred: u and v must be Sinkhorn's histories [B, T, K] and [B, T, N], got ", u_in.sizes(), " and ",
-              v_in.sizes());
-  check_same_device(grad_plan, scores_in, "grad_plan", "scores");
-  check_same_device(u_in, scores_in, "u", "scores");
-  check_same_device(v_in, scores_in, "v", "scores");
   const auto [log_mu, log_nu, log_scale] = sinkhorn_log_marginals(k, n, marginals);
   check_int_range(k * n, "K * N");
   check_int_range(iters, "iters");

@@ -1,5 +1,7 @@
 """ToMe: bipartite soft matching on keys, size-weighted merges, proportional attention (SPEC §3.6)."""
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
@@ -50,15 +52,13 @@ class ToMe(Reducer):
             new_position = torch.stack([new_a[:, : n - n_a], new_b], dim=-1).flatten(1)  # interleave A, B
             if n_a > n - n_a:
                 new_position = torch.cat([new_position, new_a[:, -1:]], dim=1)
-        if state.size is None:
-            state.size = torch.ones(batch, n, device=x.device, dtype=x.dtype)
-        size = state.size.to(x.dtype)
+        size = torch.ones(batch, n, device=x.device, dtype=x.dtype) if state.size is None else state.size.to(x.dtype)
         spatial_new = new_position[:, 1:] - 1  # spatial old → spatial new (the class token stays first)
         weighted = torch.zeros(batch, n - 1 - removal, x.shape[-1], device=x.device, dtype=x.dtype)
         weighted.scatter_add_(1, spatial_new[..., None].expand(-1, -1, x.shape[-1]), (x * size[..., None])[:, 1:])
         total = torch.zeros(batch, n - 1 - removal, device=x.device, dtype=x.dtype).scatter_add_(
             1, spatial_new, size[:, 1:]
         )
-        state.proportional = True
+        state = replace(state, size=size, proportional=True)
         x, state = state.merge(x, weighted / total[..., None], spatial_new)
         return x, state, {}
