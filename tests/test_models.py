@@ -327,3 +327,25 @@ def test_prefix_tokens_pass_untouched(images, method):
     assert len(pairs) == 2
     for before, after in pairs:
         assert torch.equal(before, after)
+
+
+def test_tome_rounds_reach_the_schedule(images):
+    """With rounds=True, ToMe keeps exactly K_s tokens even where one matching round cannot (r = 0.25, 0.5)."""
+    for r in (0.25, 0.5):
+        model = tiny("tome", r, rounds=True).eval()
+        with torch.no_grad():
+            _, trace = model(images, trace=True)
+        assert [s.token_counts.tolist() for s in trace.stages] == [[k] * 4 for k in K[r]]
+
+
+def test_sinkhorn_fixed_mode(images):
+    """Balanced marginals with mean merges of the raw tokens: merged tokens are convex combinations."""
+    model = tiny("sinkhorn", 0.5, loc=(4,), marginals="balanced", merge="mean", unit_tokens=False).eval()
+    reducer = model.reducers["4"]
+    x = torch.randn(2, 197, 48)
+    out, _, details = reducer(x, tokred.state.TokenState.start(x, 1, tracing=False), None)
+    plan = details["soft_assignment"]
+    expected = plan @ x[:, 1:] / plan.sum(-1, keepdim=True)
+    torch.testing.assert_close(out[:, 1:], expected)
+    with torch.no_grad():
+        assert model(images[:2]).isfinite().all()

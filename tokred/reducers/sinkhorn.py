@@ -19,19 +19,37 @@ class Sinkhorn(Reducer):
         eps: entropic regularisation (the study: 1.0).
         iters: Sinkhorn iterations (the study: 3).
         marginals: "paper" or "balanced" (see tokred.ops.sinkhorn).
+        merge: "sum" (the study: Σ_j Π_kj x_j) or "mean" (divided by the cluster's mass Σ_j Π_kj).
+        unit_tokens: merge the unit-normalised tokens (the study) or, when False, the tokens as they are.
+        ``marginals="balanced", merge="mean", unit_tokens=False`` is the fixed mode of SPEC §10.4.
     """
 
-    def __init__(self, dim: int, target: int, eps: float = 1.0, iters: int = 3, marginals: str = "paper") -> None:
+    def __init__(
+        self,
+        dim: int,
+        target: int,
+        eps: float = 1.0,
+        iters: int = 3,
+        marginals: str = "paper",
+        merge: str = "sum",
+        unit_tokens: bool = True,
+    ) -> None:
         super().__init__(dim, target)
-        self.eps, self.iters, self.marginals = eps, iters, marginals
+        if merge not in ("sum", "mean"):
+            raise ValueError(f"merge must be 'sum' or 'mean', got {merge!r}")
+        self.eps, self.iters, self.marginals, self.merge, self.unit_tokens = eps, iters, marginals, merge, unit_tokens
         self.centres = nn.Parameter(torch.randn(target, dim))
 
     def forward(self, x: Tensor, state: TokenState, extras: AttentionExtras) -> tuple[Tensor, TokenState, Details]:
         with torch.no_grad():
             self.centres.copy_(F.normalize(self.centres, dim=-1))
-        tokens = F.normalize(x[:, state.num_prefix :], dim=-1)
+        raw = x[:, state.num_prefix :]
+        tokens = F.normalize(raw, dim=-1)
         scores = self.centres.to(tokens.dtype) @ tokens.transpose(1, 2)  # [B, K, N]
         plan = ops.sinkhorn(scores, self.eps, self.iters, self.marginals)
-        x, state = state.merge(x, plan @ tokens, plan.argmax(1))
+        merged = plan @ (tokens if self.unit_tokens else raw)
+        if self.merge == "mean":
+            merged = merged / plan.sum(-1, keepdim=True)
+        x, state = state.merge(x, merged, plan.argmax(1))
         centres = self.centres.detach().expand(x.shape[0], -1, -1)
         return x, state, {"soft_assignment": plan.detach(), "centres": centres}

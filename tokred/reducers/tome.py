@@ -10,55 +10,74 @@ from tokred.reducers.base import Details, Reducer
 from tokred.state import TokenState
 
 
+def match(metric: Tensor, removal: int) -> Tensor:
+    """New sequence position [B, N] of every token after merging ``removal`` tokens of set A (even positions)
+    into their most similar token of set B (odd positions). metric [B, N, d]; the class token (A's first)
+    never merges. New order: [unmerged A in position order, B]."""
+    batch, n, _ = metric.shape
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # [B, Na, Nb]
+    scores[:, 0] = -torch.inf
+    best, best_b = scores.max(-1)
+    order = best.argsort(dim=-1, descending=True, stable=True)
+    sources, unmerged = order[:, :removal], order[:, removal:].sort(-1).values
+    n_a, n_unmerged = scores.shape[1], unmerged.shape[1]
+    new_a = torch.empty(batch, n_a, dtype=torch.long, device=metric.device)
+    new_a.scatter_(1, unmerged, torch.arange(n_unmerged, device=metric.device).expand(batch, -1))
+    new_a.scatter_(1, sources, n_unmerged + best_b.gather(1, sources))
+    new_b = n_unmerged + torch.arange(n - n_a, device=metric.device).expand(batch, -1)
+    position = torch.stack([new_a[:, : n - n_a], new_b], dim=-1).flatten(1)  # interleave A and B again
+    return torch.cat([position, new_a[:, n - n_a :]], dim=1)  # the last A token when N is odd
+
+
+def weighted_mean(values: Tensor, size: Tensor, index: Tensor, count: int) -> Tensor:
+    """Size-weighted means [B, count, D] of values [B, N, D] grouped by index [B, N]."""
+    summed = values.new_zeros(values.shape[0], count, values.shape[-1])
+    summed.scatter_add_(1, index[..., None].expand_as(values), values * size[..., None])
+    total = size.new_zeros(size.shape[0], count).scatter_add_(1, index, size)
+    return summed / total[..., None]
+
+
 class ToMe(Reducer):
-    """In-block: merge ``removal`` tokens (at most ⌊(N − 1)/2⌋, the class token protected) of set A (even
-    sequence positions) into their most similar token of set B (odd positions) by mean-over-heads key cosine
-    similarity; merged tokens are size-weighted means and later attention adds log(size) to the logits."""
+    """In-block: merge ``removal`` tokens by bipartite soft matching on the mean-over-heads keys; merged tokens
+    are size-weighted means and later attention adds log(size) to the logits.
+
+    Options:
+        rounds: False (the study): one matching round, so at most ⌊(N − 1)/2⌋ tokens merge per stage (r = 0.5
+            ends at 25 tokens, r = 0.25 at 98/61/52). True: repeat rounds, merging the keys as well, until
+            the stage's removal is reached.
+    """
 
     hook = "in"
     needs = frozenset({"keys"})
 
-    def __init__(self, dim: int, target: int, removal: int) -> None:
+    def __init__(self, dim: int, target: int, removal: int, rounds: bool = False) -> None:
         super().__init__(dim, target)
-        self.removal = removal
+        self.removal, self.rounds = removal, rounds
 
     @classmethod
-    def stages(cls, dim: int, targets: list[int], num_patches: int) -> list[Reducer]:  # type: ignore[override]
+    def stages(cls, dim: int, targets: list[int], num_patches: int, rounds: bool = False) -> list[Reducer]:  # type: ignore[override]
         """Removals come from the targets (R_s = K_{s-1} - K_s), not from the counts actually reached."""
         previous = [num_patches, *targets][:-1]
-        return [cls(dim, target, before - target) for before, target in zip(previous, targets, strict=True)]
+        return [cls(dim, t, before - t, rounds) for before, t in zip(previous, targets, strict=True)]
 
     def forward(self, x: Tensor, state: TokenState, extras: AttentionExtras) -> tuple[Tensor, TokenState, Details]:
         if state.num_prefix != 1:
             raise ValueError("ToMe here supports models whose only prefix token is the class token (no registers)")
         assert extras.keys is not None
-        batch, n, _ = x.shape
-        removal = min(self.removal, (n - 1) // 2)
-        if removal <= 0:
-            return x, state, {}
-        with torch.no_grad():
-            metric = extras.keys / extras.keys.norm(dim=-1, keepdim=True)
-            scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # [B, Na, Nb]
-            scores[:, 0] = -torch.inf  # the class token (A's first) never merges
-            best, best_b = scores.max(-1)
-            order = best.argsort(dim=-1, descending=True, stable=True)
-            sources, unmerged = order[:, :removal], order[:, removal:].sort(-1).values
-            # new sequence = [unmerged A (position order), B]; every old token's new position
-            n_a, n_unmerged = scores.shape[1], unmerged.shape[1]
-            new_a = torch.empty(batch, n_a, dtype=torch.long, device=x.device)
-            new_a.scatter_(1, unmerged, torch.arange(n_unmerged, device=x.device).expand(batch, -1))
-            new_a.scatter_(1, sources, n_unmerged + best_b.gather(1, sources))
-            new_b = n_unmerged + torch.arange(n - n_a, device=x.device).expand(batch, -1)
-            new_position = torch.stack([new_a[:, : n - n_a], new_b], dim=-1).flatten(1)  # interleave A, B
-            if n_a > n - n_a:
-                new_position = torch.cat([new_position, new_a[:, -1:]], dim=1)
-        size = torch.ones(batch, n, device=x.device, dtype=x.dtype) if state.size is None else state.size.to(x.dtype)
-        spatial_new = new_position[:, 1:] - 1  # spatial old → spatial new (the class token stays first)
-        weighted = torch.zeros(batch, n - 1 - removal, x.shape[-1], device=x.device, dtype=x.dtype)
-        weighted.scatter_add_(1, spatial_new[..., None].expand(-1, -1, x.shape[-1]), (x * size[..., None])[:, 1:])
-        total = torch.zeros(batch, n - 1 - removal, device=x.device, dtype=x.dtype).scatter_add_(
-            1, spatial_new, size[:, 1:]
-        )
-        state = replace(state, size=size, proportional=True)
-        x, state = state.merge(x, weighted / total[..., None], spatial_new)
+        metric, remaining = extras.keys, self.removal
+        while remaining > 0 and (x.shape[1] - 1) // 2 > 0:
+            removal = min(remaining, (x.shape[1] - 1) // 2)
+            if state.size is None:
+                state = replace(state, size=torch.ones(x.shape[:2], device=x.device, dtype=x.dtype))
+            with torch.no_grad():
+                spatial_new = match(metric, removal)[:, 1:] - 1  # the class token stays first
+            count = x.shape[1] - 1 - removal
+            size = state.size.to(x.dtype)
+            merged = weighted_mean(x[:, 1:], size[:, 1:], spatial_new, count)
+            metric = torch.cat([metric[:, :1], weighted_mean(metric[:, 1:], size[:, 1:], spatial_new, count)], dim=1)
+            x, state = replace(state, proportional=True).merge(x, merged, spatial_new)
+            remaining -= removal
+            if not self.rounds:
+                break
         return x, state, {}
