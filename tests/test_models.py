@@ -1,5 +1,7 @@
 """Reducing ViTs: token counts (SPEC §0.1), parity with timm, method properties (SPEC §13), training, errors."""
 
+import time
+
 import pytest
 import timm
 import torch
@@ -258,9 +260,14 @@ def test_registers_and_layerscale_are_kept(images):
 
 
 def test_pretrained_offline_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    """Without a network and without a file: one clear error, at once (no retries)."""
+    monkeypatch.setattr(tokred.models.hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(tokred.models, "hub_reachable", lambda timeout=3.0: False)
+    start = time.perf_counter()
     with pytest.raises(RuntimeError, match="pretrained_path"):
         tokred.create_model("deit_tiny_patch16_224", "topk", pretrained=True)
+    assert time.perf_counter() - start < 10
+    assert tokred.models.hub.HF_HUB_OFFLINE is False  # restored
 
 
 def test_pretrained_from_a_local_file(tmp_path):

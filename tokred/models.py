@@ -1,11 +1,34 @@
 """Create a token-reducing ViT from a timm model name."""
 
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
+from huggingface_hub import constants as hub
 
 from tokred.patch import ReducingVisionTransformer, patch
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the weights hub answers a TCP connection within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((urlparse(hub.ENDPOINT).hostname or "", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def offline_hub() -> Iterator[None]:
+    """Hub downloads fail at once (cached files still load) instead of retrying for ~50 s."""
+    previous, hub.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = previous
 
 
 def create_model(
@@ -40,10 +63,12 @@ def create_model(
             raise FileNotFoundError(f"pretrained weights not found: {path}")
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
         pretrained = True
+    download = pretrained and pretrained_path is None
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        with offline_hub() if download and not hub.HF_HUB_OFFLINE and not hub_reachable() else nullcontext():
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError) as error:
-        if not pretrained or pretrained_path is not None:
+        if not download:
             raise
         raise RuntimeError(
             f"could not download the pretrained weights of {name} ({error.__class__.__name__}: {error}). "
