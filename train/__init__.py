@@ -1,0 +1,1 @@
+"""Fine-tuning reduced ViTs: the torchrun entry point (train/main.py) and its parts."""

@@ -1,0 +1,5 @@
+"""Datasets for training and evaluation."""
+
+from train.data.demo import DemoDigits
+
+__all__ = ["DemoDigits"]
