@@ -21,7 +21,8 @@ lint: install
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
 
 demo: install
-	$(PYTHON) bench/ops.py --quick
+	$(PYTHON) train/main.py --method dpc_knn --r 0.5 --epochs 7 --batch-size 32 --lr 5e-4 --lr-batch-normalizer 32 \
+		--amp bf16 --run-name demo_deit_tiny_dpc_knn
 
 bench: install
 	$(PYTHON) bench/ops.py

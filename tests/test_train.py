@@ -1,0 +1,105 @@
+"""train/main.py end to end on small demo runs: one process, two gloo processes, kill and resume, --eval."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.config import parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "--demo-train-size",
+    "64",
+    "--demo-test-size",
+    "16",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--model",
+    "deit_tiny_patch16_224",
+    "--lr",
+    "1e-3",
+    "--lr-batch-normalizer",
+    "8",
+]
+
+
+def train(args: list[str], tmp_path: Path, launcher: list[str] | None = None, **popen) -> subprocess.Popen:
+    command = [
+        *(launcher or [sys.executable]),
+        str(ROOT / "train" / "main.py"),
+        *SMALL,
+        "--output-dir",
+        str(tmp_path),
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-3000:]
+    return out
+
+
+def test_one_process_run_writes_metrics_checkpoints_and_evaluates(tmp_path):
+    out = finish(train(["--epochs", "2", "--run-name", "one", "--ema-decay", "0.9", "--method", "topk"], tmp_path))
+    run = tmp_path / "one"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0, 1] and metrics[-1]["step"] == 16
+    assert {"test_acc1", "test_acc5", "ema_acc1", "train_loss"} <= set(metrics[0])
+    assert metrics[0]["test_images"] == 16
+    assert json.loads((run / "config.json").read_text())["method"] == "topk"
+    assert (run / "checkpoint.pth").is_file() and (run / "best_checkpoint.pth").is_file()
+    evaluated = finish(train(["--eval", "--resume", str(run / "checkpoint.pth"), "--method", "topk"], tmp_path))
+    assert f'"acc1": {metrics[-1]["test_acc1"]}' in evaluated, evaluated[-500:]
+    assert "identical parameters" in out
+
+
+def test_two_gloo_processes_stay_in_sync(tmp_path):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = ["--epochs", "1", "--accum-steps", "2", "--ema-decay", "0.9", "--amp", "bf16", "--run-name", "ddp"]
+    out = finish(train(args, tmp_path, launcher))
+    assert "2 processes hold identical parameters" in out
+    metrics = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text())
+    assert metrics["step"] == 64 // (8 * 2 * 2) and metrics["test_images"] == 16  # each test image once
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    args = ["--epochs", "2", "--checkpoint-every", "3", "--ema-decay", "0.9"]
+    finish(train([*args, "--run-name", "straight"], tmp_path))
+    process = train([*args, "--run-name", "killed", "--resume", "auto"], tmp_path, start_new_session=True)
+    last = tmp_path / "killed" / "checkpoint.pth"
+    deadline = time.time() + 240
+    while not last.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = torch.load(last, weights_only=False)["progress"]
+    out = finish(train([*args, "--run-name", "killed", "--resume", "auto"], tmp_path))
+    assert f"resumed from {last} at epoch {killed_at['epoch']}, step {killed_at['step']}" in out
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pth", weights_only=False)
+    resumed = torch.load(last, weights_only=False)
+    assert resumed["progress"] == straight["progress"]
+    for key in ("model", "ema"):
+        for name, value in straight[key].items():
+            assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after the resume"
+
+
+def test_bad_options():
+    with pytest.raises(SystemExit):
+        parse_args(["--eval"])
+    with pytest.raises(SystemExit):
+        parse_args(["--method", "kmeans"])
+    with pytest.raises(SystemExit):
+        parse_args(["--batch-size", "0"])

@@ -1,0 +1,87 @@
+"""The training configuration: one typed dataclass, its command line, and its JSON form in the run directory."""
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tokred
+
+
+def option(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    model: str = option("deit_tiny_patch16_224", "timm ViT name (DeiT-T/S/B: deit_{tiny,small,base}_patch16_224)")
+    method: str = option("dpc_knn", "reduction method", choices=sorted(tokred.METHODS))
+    r: float = option(0.5, "keep rate r in (0, 1]; stage s keeps floor(196 r^s) tokens")
+    reduction_loc: tuple[int, ...] = option((3, 6, 9), "blocks where the reduction stages sit")
+    dataset: str = option("demo", "dataset", choices=["demo"])
+    data: str | None = option(None, "dataset root (the demo dataset needs none)")
+    demo_train_size: int = option(4000, "demo dataset: training images")
+    demo_test_size: int = option(500, "demo dataset: test images")
+    pretrained: bool = option(False, "start from timm's pretrained weights (needs the network)")
+    pretrained_path: str | None = option(None, "start from a local checkpoint (.pth or .safetensors)")
+    epochs: int = option(3, "training epochs")
+    batch_size: int = option(32, "batch per process (before accumulation)")
+    accum_steps: int = option(1, "gradient accumulation steps per optimizer step")
+    lr: float = option(1e-3, "base learning rate, scaled by total batch / lr_batch_normalizer")
+    lr_batch_normalizer: int = option(512, "batch size at which lr is used as given")
+    min_lr: float = option(1e-5, "cosine schedule floor")
+    warmup_lr: float = option(1e-6, "learning rate at step 0 of the warm-up")
+    warmup_epochs: float = option(0.5, "linear warm-up length in epochs")
+    weight_decay: float = option(0.05, "AdamW weight decay (not on biases, norms, embeddings, tokens)")
+    backbone_lr_scale: float = option(1.0, "learning-rate factor of the backbone (new modules: 1)")
+    backbone_freeze_epochs: int = option(0, "epochs during which only new modules (and embeddings, head) train")
+    drop_path: float = option(0.1, "stochastic depth rate")
+    clip_grad: float | None = option(None, "clip the gradient norm to this value")
+    amp: str = option("none", "mixed precision", choices=["none", "bf16", "fp16"])
+    ema_decay: float = option(0.0, "model EMA decay per optimizer step (0: no EMA)")
+    seed: int = option(0, "random seed (each process adds its rank)")
+    workers: int = option(1, "data-loading worker processes per training process")
+    output_dir: str = option("runs", "folder of run directories")
+    run_name: str | None = option(None, "run directory name (default: <model>_<method>_r<r>)")
+    resume: str | None = option(None, "'auto' (the run's last checkpoint, if any) or a checkpoint path")
+    checkpoint_every: int = option(200, "write the last checkpoint every this many optimizer steps (and each epoch)")
+    eval_only: bool = option(False, "evaluate the --resume checkpoint and exit", flag="--eval")
+    device: str | None = option(None, "cuda or cpu (default: cuda when available)")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / (self.run_name or f"{self.model}_{self.method}_r{self.r:g}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The command line of train/main.py, generated from TrainConfig (every field is an option)."""
+    parser = argparse.ArgumentParser(
+        description="Fine-tune a token-reducing ViT. Run with python or torchrun (one or several processes).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(TrainConfig):
+        meta = dict(f.metadata)
+        name = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": meta.pop("help"), **meta}
+        if f.type in (bool, "bool"):
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if f.name == "reduction_loc":
+            kwargs.update(nargs="*", type=int)
+        elif f.default is None or f.type in ("str | None", "float | None"):
+            kwargs["type"] = float if "float" in str(f.type) else str
+        else:
+            kwargs["type"] = type(f.default)
+        parser.add_argument(name, **kwargs)
+    args = parser.parse_args(argv)
+    config = TrainConfig(**{**vars(args), "reduction_loc": tuple(args.reduction_loc)})
+    if config.eval_only and not config.resume:
+        parser.error("--eval needs --resume CHECKPOINT")
+    if config.accum_steps < 1 or config.batch_size < 1 or config.epochs < 1:
+        parser.error("--batch-size, --accum-steps and --epochs must be at least 1")
+    return config

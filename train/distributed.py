@@ -1,0 +1,72 @@
+"""One process or many under torchrun: the process group, ranks, and a sampler that shards without padding."""
+
+import gc
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def init(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); joins torchrun's process group when launched by torchrun (nccl on GPU, gloo on CPU)."""
+    if "RANK" not in os.environ:
+        return 0, 1
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown() -> None:
+    """Leave the process group; the collection first avoids gloo aborting at destroy time (seen here)."""
+    gc.collect()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(values)
+    return values
+
+
+def check_in_sync(model: torch.nn.Module) -> None:
+    """Raise unless every process holds the same parameters (a cheap checksum per process)."""
+    if not dist.is_initialized():
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, checksum)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"processes diverged: parameter checksums {[g.item() for g in gathered]}")
+
+
+class ShardedSampler(Sampler[int]):
+    """Each process's share of a dataset, in an order fixed by (seed, epoch), without duplicated samples.
+
+    shuffle=True: a permutation per epoch, cut to whole global batches (drop_last), rank r takes every
+    world-th index; ``skip`` drops this process's first indices (resuming inside an epoch).
+    shuffle=False (evaluation): index order, rank r takes r, r + world, ...: every sample exactly once.
+    """
+
+    def __init__(self, length: int, rank: int, world: int, seed: int, shuffle: bool, global_batch: int = 1) -> None:
+        self.length, self.rank, self.world, self.seed, self.shuffle = length, rank, world, seed, shuffle
+        self.global_batch = global_batch
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _indices(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.rank, self.length, self.world))
+        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 10007 + self.epoch))
+        usable = self.length // self.global_batch * self.global_batch
+        return order[:usable][self.rank :: self.world].tolist()[self.skip :]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())

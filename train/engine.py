@@ -1,0 +1,116 @@
+"""One training epoch and one evaluation (SPEC §5.4, §5.6)."""
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import tokred
+from train import optim
+from train.config import TrainConfig
+from train.distributed import all_reduce_sum
+
+
+@dataclass
+class Progress:
+    """Where training stands: optimizer steps so far, and micro-batches done in the current epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    micro: int = 0
+
+
+def reseed(config: TrainConfig, rank: int, step: int) -> None:
+    """Random streams (drop path, Gumbel, DPC-KNN noise) as a function of (seed, rank, step): a resumed run
+    draws what the uninterrupted run drew, with no generator state to save."""
+    torch.manual_seed((config.seed * 1_000_003 + rank) * 1_000_003 + step)
+
+
+def autocast(config: TrainConfig, device: torch.device):
+    if config.amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    bare: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler: torch.amp.GradScaler,
+    ema: nn.Module | None,
+    config: TrainConfig,
+    progress: Progress,
+    rank: int,
+    on_step: Callable[[Progress], None],
+) -> float:
+    """Train until the loader is exhausted; ``bare`` is the model without its DDP wrapper. Returns the mean loss."""
+    model.train()
+    device = next(bare.parameters()).device
+    dynamicvit = isinstance(bare, tokred.ReducingVisionTransformer) and bare.method == "dynamicvit"
+    criterion = tokred.DynamicViTLoss(F.cross_entropy, bare.keep_ratios) if dynamicvit else F.cross_entropy
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {progress.epoch}", disable=rank != 0, leave=False, initial=progress.micro)
+    for images, targets in bar:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        boundary = (progress.micro + 1) % config.accum_steps == 0
+        sync = nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(config, device):
+                output = model(images, aux=True) if dynamicvit else model(images)
+            loss = (
+                criterion(output[0].float(), output[1], targets) if dynamicvit else criterion(output.float(), targets)
+            )
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss is {loss.item()} at step {progress.step}; lower --lr or use --amp bf16")
+            scaler.scale(loss / config.accum_steps).backward()
+        progress.micro += 1
+        total, count = total + loss.item(), count + 1
+        if not boundary:
+            continue
+        optim.freeze_backbone(optimizer, progress.epoch, config)
+        if config.clip_grad is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(bare.parameters(), config.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        if ema is not None:
+            ema.update(bare, step=progress.step)
+        scheduler.step_update(progress.step)
+        reseed(config, rank, progress.step)
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        on_step(progress)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, config: TrainConfig, rank: int) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (%) over the whole split, exact across processes (no padding)."""
+    model.eval()
+    device = next(model.parameters()).device
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1, top-5, images
+    for images, targets in tqdm(loader, desc="eval", disable=rank != 0, leave=False):
+        images, targets = images.to(device), targets.to(device)
+        with autocast(config, device):
+            logits = model(images).float()
+        top5 = logits.topk(min(5, logits.shape[1]), dim=-1).indices
+        hits = top5 == targets[:, None]
+        sums += torch.stack(
+            [
+                F.cross_entropy(logits, targets, reduction="sum").double(),
+                hits[:, 0].sum().double(),
+                hits.any(-1).sum().double(),
+                torch.tensor(float(len(targets)), device=device, dtype=torch.float64),
+            ]
+        )
+    loss, top1, top5, n = all_reduce_sum(sums).tolist()
+    return {"loss": loss / n, "acc1": 100 * top1 / n, "acc5": 100 * top5 / n, "images": n}
