@@ -60,6 +60,7 @@ def test_one_process_run_writes_metrics_checkpoints_and_evaluates(tmp_path):
     assert metrics[0]["test_images"] == 16
     assert json.loads((run / "config.json").read_text())["method"] == "topk"
     assert (run / "checkpoint.pth").is_file() and (run / "best_checkpoint.pth").is_file()
+    assert (run / "kept_tokens.png").read_bytes()[:4] == b"\x89PNG"
     evaluated = finish(train(["--eval", "--resume", str(run / "checkpoint.pth"), "--method", "topk"], tmp_path))
     assert f'"acc1": {metrics[-1]["test_acc1"]}' in evaluated, evaluated[-500:]
     assert "identical parameters" in out

@@ -20,6 +20,7 @@ from train import checkpoint, distributed, optim  # noqa: E402
 from train.config import TrainConfig, parse_args  # noqa: E402
 from train.data import DemoDigits  # noqa: E402
 from train.engine import Progress, evaluate, reseed, train_one_epoch  # noqa: E402
+from train.figures import kept_tokens_figure  # noqa: E402
 
 log = logging.getLogger("train")
 
@@ -158,7 +159,9 @@ def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dic
                 save(run_dir / checkpoint.BEST)
         log.info("epoch %d: %s", metrics["epoch"], json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     distributed.check_in_sync(model)
-    log.info("done: %d processes hold identical parameters", world)
+    if rank == 0:
+        kept_tokens_figure(model, test_set, run_dir / "kept_tokens.png")
+    log.info("done: %d processes hold identical parameters; run directory %s", world, run_dir)
     return metrics
 
 
