@@ -23,7 +23,7 @@ def param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
         {
             "params": params,
             "weight_decay": config.weight_decay if decay else 0.0,
-            "lr_scale": 1.0 if new else config.backbone_lr_scale,
+            "lr_factor": 1.0 if new else config.backbone_lr_scale,
             "backbone": not new,
         }
         for (new, decay), params in sorted(groups.items())
@@ -34,8 +34,10 @@ def build(model: torch.nn.Module, config: TrainConfig, steps_per_epoch: int, wor
     """(optimizer, scheduler, effective lr): lr scaled by total batch / normaliser; t counts optimizer steps."""
     total_batch = config.batch_size * config.accum_steps * world
     lr = config.lr * total_batch / config.lr_batch_normalizer
-    # every group starts at lr; timm's scheduler multiplies each group's value by its "lr_scale"
-    optimizer = torch.optim.AdamW(param_groups(model, config), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    groups = param_groups(model, config)
+    for group in groups:  # each group's base lr η_g; the schedule's floor min_lr is the same for all (SPEC §5.3)
+        group["lr"] = lr * group["lr_factor"]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
     scheduler = CosineLRScheduler(
         optimizer,
         t_initial=config.epochs * steps_per_epoch,
