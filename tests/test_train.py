@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from train.config import parse_args
+from train.engine import training_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -76,7 +77,20 @@ def test_two_gloo_processes_stay_in_sync(tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    args = ["--epochs", "2", "--checkpoint-every", "3", "--ema-decay", "0.9"]
+    args = [
+        "--epochs",
+        "2",
+        "--checkpoint-every",
+        "3",
+        "--ema-decay",
+        "0.9",
+        "--mixup",
+        "0.8",
+        "--cutmix",
+        "1.0",
+        "--smoothing",
+        "0.1",
+    ]
     finish(train([*args, "--run-name", "straight"], tmp_path))
     process = train([*args, "--run-name", "killed", "--resume", "auto"], tmp_path, start_new_session=True)
     last = tmp_path / "killed" / "checkpoint.pth"
@@ -97,6 +111,27 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
             assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after the resume"
 
 
+def test_dynamicvit_trains_with_its_loss(tmp_path):
+    out = finish(
+        train(["--epochs", "1", "--method", "dynamicvit", "--smoothing", "0.1", "--run-name", "dyvit"], tmp_path)
+    )
+    assert "identical parameters" in out and (tmp_path / "dyvit" / "metrics.jsonl").is_file()
+
+
+def test_training_losses():
+    """Label smoothing: (1 - ε) NLL + ε mean(-log p); Mixup/CutMix: soft targets that carry the smoothing."""
+    logits, targets = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
+    model = torch.nn.Linear(2, 2)
+    _, smoothed = training_loss(parse_args(["--smoothing", "0.1"]), model, 10)
+    log_p = logits.log_softmax(-1)
+    by_hand = (0.9 * -log_p[range(4), targets] + 0.1 * -log_p.mean(-1)).mean()
+    torch.testing.assert_close(smoothed(logits, targets), by_hand)
+    mixup, soft = training_loss(parse_args(["--mixup", "0.8", "--smoothing", "0.1"]), model, 10)
+    _, mixed = mixup(torch.randn(4, 3, 8, 8), targets)
+    assert mixed.shape == (4, 10) and torch.allclose(mixed.sum(-1), torch.ones(4)) and mixed.min() > 0
+    torch.testing.assert_close(soft(logits, mixed), (-mixed * log_p).sum(-1).mean())
+
+
 def test_bad_options():
     with pytest.raises(SystemExit):
         parse_args(["--eval"])
@@ -104,3 +139,5 @@ def test_bad_options():
         parse_args(["--method", "kmeans"])
     with pytest.raises(SystemExit):
         parse_args(["--batch-size", "0"])
+    with pytest.raises(SystemExit):
+        parse_args(["--mixup", "0.8", "--batch-size", "7"])

@@ -5,8 +5,11 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -29,7 +32,33 @@ class Progress:
 def reseed(config: TrainConfig, rank: int, step: int) -> None:
     """Random streams (drop path, Gumbel, DPC-KNN noise) as a function of (seed, rank, step): a resumed run
     draws what the uninterrupted run drew, with no generator state to save."""
-    torch.manual_seed((config.seed * 1_000_003 + rank) * 1_000_003 + step)
+    seed = (config.seed * 1_000_003 + rank) * 1_000_003 + step
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # timm's Mixup draws from numpy
+
+
+def training_loss(config: TrainConfig, bare: nn.Module, num_classes: int) -> tuple[Mixup | None, Callable]:
+    """(Mixup/CutMix or None, criterion(output, targets)): soft-target CE under Mixup, else label-smoothed CE;
+    DynamicViT's loss wraps it (output is then (logits, aux))."""
+    mixup = None
+    if config.mixup > 0 or config.cutmix > 0:
+        mixup = Mixup(
+            mixup_alpha=config.mixup,
+            cutmix_alpha=config.cutmix,
+            label_smoothing=config.smoothing,
+            num_classes=num_classes,
+        )
+    base = (
+        SoftTargetCrossEntropy()
+        if mixup
+        else LabelSmoothingCrossEntropy(config.smoothing)
+        if config.smoothing > 0
+        else nn.CrossEntropyLoss()
+    )
+    if isinstance(bare, tokred.ReducingVisionTransformer) and bare.method == "dynamicvit":
+        dynamicvit = tokred.DynamicViTLoss(base, bare.keep_ratios)
+        return mixup, lambda output, targets: dynamicvit(output[0].float(), output[1], targets)
+    return mixup, lambda output, targets: base(output.float(), targets)
 
 
 def autocast(config: TrainConfig, device: torch.device):
@@ -46,33 +75,37 @@ def train_one_epoch(
     scheduler,
     scaler: torch.amp.GradScaler,
     ema: nn.Module | None,
+    loss: tuple[Mixup | None, Callable],
     config: TrainConfig,
     progress: Progress,
     rank: int,
     on_step: Callable[[Progress], None],
 ) -> float:
-    """Train until the loader is exhausted; ``bare`` is the model without its DDP wrapper. Returns the mean loss."""
+    """Train until the loader is exhausted; ``bare`` is the model without its DDP wrapper, ``loss`` what
+    :func:`training_loss` returns. Returns the mean loss."""
     model.train()
     device = next(bare.parameters()).device
+    mixup, criterion = loss
     dynamicvit = isinstance(bare, tokred.ReducingVisionTransformer) and bare.method == "dynamicvit"
-    criterion = tokred.DynamicViTLoss(F.cross_entropy, bare.keep_ratios) if dynamicvit else F.cross_entropy
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {progress.epoch}", disable=rank != 0, leave=False, initial=progress.micro)
     for images, targets in bar:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if mixup is not None:
+            images, targets = mixup(images, targets)
         boundary = (progress.micro + 1) % config.accum_steps == 0
         sync = nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(config, device):
                 output = model(images, aux=True) if dynamicvit else model(images)
-            loss = (
-                criterion(output[0].float(), output[1], targets) if dynamicvit else criterion(output.float(), targets)
-            )
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at step {progress.step}; lower --lr or use --amp bf16")
-            scaler.scale(loss / config.accum_steps).backward()
+            value = criterion(output, targets)
+            if not math.isfinite(value.item()):
+                raise FloatingPointError(
+                    f"loss is {value.item()} at step {progress.step}; lower --lr or use --amp bf16"
+                )
+            scaler.scale(value / config.accum_steps).backward()
         progress.micro += 1
-        total, count = total + loss.item(), count + 1
+        total, count = total + value.item(), count + 1
         if not boundary:
             continue
         optim.freeze_backbone(optimizer, progress.epoch, config)
@@ -87,7 +120,7 @@ def train_one_epoch(
             ema.update(bare, step=progress.step)
         scheduler.step_update(progress.step)
         reseed(config, rank, progress.step)
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        bar.set_postfix(loss=f"{value.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         on_step(progress)
     return total / max(count, 1)
 

@@ -19,7 +19,7 @@ import tokred  # noqa: E402
 from train import checkpoint, distributed, optim  # noqa: E402
 from train.config import TrainConfig, parse_args  # noqa: E402
 from train.data import DemoDigits  # noqa: E402
-from train.engine import Progress, evaluate, reseed, train_one_epoch  # noqa: E402
+from train.engine import Progress, evaluate, reseed, train_one_epoch, training_loss  # noqa: E402
 from train.figures import kept_tokens_figure  # noqa: E402
 
 log = logging.getLogger("train")
@@ -111,6 +111,7 @@ def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         run_dir,
     )
     trained = DistributedDataParallel(model) if world > 1 else model
+    loss = training_loss(config, model, train_set.num_classes)
     reseed(config, rank, progress.step)
 
     def save(path: Path) -> None:
@@ -136,13 +137,13 @@ def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     metrics: dict[str, float] = {}
     while progress.epoch < config.epochs:
         train_sampler.set_epoch(progress.epoch, skip=progress.micro * config.batch_size)
-        loss = train_one_epoch(
-            trained, model, train_loader, optimizer, scheduler, scaler, ema, config, progress, rank, on_step
+        train_loss = train_one_epoch(
+            trained, model, train_loader, optimizer, scheduler, scaler, ema, loss, config, progress, rank, on_step
         )
         metrics = {
             "epoch": progress.epoch,
             "step": progress.step,
-            "train_loss": loss,
+            "train_loss": train_loss,
             **{f"test_{k}": v for k, v in evaluate(model, test_loader, config, rank).items()},
         }
         if ema is not None:
