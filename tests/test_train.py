@@ -118,6 +118,38 @@ def test_dynamicvit_trains_with_its_loss(tmp_path):
     assert "identical parameters" in out and (tmp_path / "dyvit" / "metrics.jsonl").is_file()
 
 
+def test_pretrained_weights_from_a_file(tmp_path):
+    """--pretrained-path loads a DeiT checkpoint ({"model": ...}); the head is rebuilt for the dataset; a missing
+    file is a clear error."""
+    import timm
+
+    torch.manual_seed(5)
+    source = timm.create_model("deit_tiny_patch16_224")
+    path = tmp_path / "deit_tiny.pth"
+    torch.save({"model": source.state_dict()}, path)
+    args = [
+        "--epochs",
+        "1",
+        "--lr",
+        "0",
+        "--warmup-lr",
+        "0",
+        "--min-lr",
+        "0",
+        "--pretrained-path",
+        str(path),
+        "--run-name",
+        "pre",
+    ]  # a zero learning rate: the weights must stay what the file holds
+    finish(train(args, tmp_path))
+    trained = torch.load(tmp_path / "pre" / "checkpoint.pth", weights_only=False)["model"]
+    torch.testing.assert_close(trained["blocks.7.mlp.fc2.weight"], source.state_dict()["blocks.7.mlp.fc2.weight"])
+    assert trained["head.weight"].shape == (10, 192)
+    missing = train(["--pretrained-path", str(tmp_path / "nope.pth"), "--run-name", "x"], tmp_path)
+    out, _ = missing.communicate(timeout=120)
+    assert missing.returncode != 0 and "pretrained weights not found" in out
+
+
 def test_training_losses():
     """Label smoothing: (1 - ε) NLL + ε mean(-log p); Mixup/CutMix: soft targets that carry the smoothing."""
     logits, targets = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
