@@ -74,6 +74,12 @@ def test_two_gloo_processes_stay_in_sync(tmp_path):
     assert "2 processes hold identical parameters" in out
     metrics = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text())
     assert metrics["step"] == 64 // (8 * 2 * 2) and metrics["test_images"] == 16  # each test image once
+    # one process evaluating the saved weights agrees with the two processes' exact evaluation (bf16 rounding
+    # may move at most one of the 16 images)
+    checkpoint = str(tmp_path / "ddp" / "checkpoint.pth")
+    evaluated = finish(train(["--eval", "--resume", checkpoint, "--amp", "bf16"], tmp_path))
+    acc1 = json.loads(evaluated.split("evaluation: ")[1].splitlines()[0])["acc1"]
+    assert abs(acc1 - metrics["test_acc1"]) <= 100 / 16
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dict[str, float]:
-    reseed(config, rank, 0)
+    reseed(config, 0, 0)  # the same initial weights (and EMA) in every process
     train_set, test_set = datasets(config)
     global_batch = config.batch_size * config.accum_steps * world
     steps_per_epoch = len(train_set) // global_batch
