@@ -38,6 +38,7 @@ class TrainConfig:
     backbone_lr_scale: float = option(1.0, "learning-rate factor of the backbone (new modules: 1)")
     backbone_freeze_epochs: int = option(0, "epochs during which only new modules (and embeddings, head) train")
     drop_path: float = option(0.1, "stochastic depth rate")
+    repeated_aug: int = option(1, "repeated augmentation: times each sampled image appears per epoch (the study: 3)")
     mixup: float = option(0.0, "Mixup alpha (0: off)")
     cutmix: float = option(0.0, "CutMix alpha (0: off)")
     smoothing: float = option(0.0, "label smoothing (carried by the mixed targets when Mixup/CutMix is on)")
@@ -85,8 +86,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     config = TrainConfig(**{**vars(args), "reduction_loc": tuple(args.reduction_loc)})
     if config.eval_only and not config.resume:
         parser.error("--eval needs --resume CHECKPOINT")
-    if config.accum_steps < 1 or config.batch_size < 1 or config.epochs < 1:
-        parser.error("--batch-size, --accum-steps and --epochs must be at least 1")
+    if min(config.accum_steps, config.batch_size, config.epochs, config.repeated_aug) < 1:
+        parser.error("--batch-size, --accum-steps, --epochs and --repeated-aug must be at least 1")
     if (config.mixup > 0 or config.cutmix > 0) and config.batch_size % 2:
         parser.error("Mixup/CutMix pairs images within a batch: use an even --batch-size")
     return config

@@ -46,13 +46,17 @@ class ShardedSampler(Sampler[int]):
     """Each process's share of a dataset, in an order fixed by (seed, epoch), without duplicated samples.
 
     shuffle=True: a permutation per epoch, cut to whole global batches (drop_last), rank r takes every
-    world-th index; ``skip`` drops this process's first indices (resuming inside an epoch).
+    world-th index; ``skip`` drops this process's first indices (resuming inside an epoch). With ``repeats``
+    > 1 (repeated augmentation, SPEC §5.7) each index of the permutation appears ``repeats`` times in a row
+    before the ranks take their turns, and an epoch still has the same number of samples (fewer distinct ones).
     shuffle=False (evaluation): index order, rank r takes r, r + world, ...: every sample exactly once.
     """
 
-    def __init__(self, length: int, rank: int, world: int, seed: int, shuffle: bool, global_batch: int = 1) -> None:
+    def __init__(
+        self, length: int, rank: int, world: int, seed: int, shuffle: bool, global_batch: int = 1, repeats: int = 1
+    ) -> None:
         self.length, self.rank, self.world, self.seed, self.shuffle = length, rank, world, seed, shuffle
-        self.global_batch = global_batch
+        self.global_batch, self.repeats = global_batch, repeats
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -63,7 +67,7 @@ class ShardedSampler(Sampler[int]):
             return list(range(self.rank, self.length, self.world))
         order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 10007 + self.epoch))
         usable = self.length // self.global_batch * self.global_batch
-        return order[:usable][self.rank :: self.world].tolist()[self.skip :]
+        return order.repeat_interleave(self.repeats)[:usable][self.rank :: self.world].tolist()[self.skip :]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._indices())

@@ -53,7 +53,9 @@ def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     steps_per_epoch = len(train_set) // global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} training images are fewer than one global batch of {global_batch}")
-    train_sampler = distributed.ShardedSampler(len(train_set), rank, world, config.seed, True, global_batch)
+    train_sampler = distributed.ShardedSampler(
+        len(train_set), rank, world, config.seed, True, global_batch, config.repeated_aug
+    )
     test_sampler = distributed.ShardedSampler(len(test_set), rank, world, config.seed, False)
     loader_args = {
         "num_workers": config.workers,
