@@ -20,7 +20,10 @@ class TrainConfig:
     method: str = option("dpc_knn", "reduction method", choices=sorted(tokred.METHODS))
     r: float = option(0.5, "keep rate r in (0, 1]; stage s keeps floor(196 r^s) tokens")
     reduction_loc: tuple[int, ...] = option((3, 6, 9), "blocks where the reduction stages sit")
-    dataset: str = option("demo", "dataset", choices=["demo"])
+    preset: str | None = option(
+        None, "start from the study's settings for (dataset, method, r); options given override them", choices=["paper"]
+    )
+    dataset: str = option("demo", "dataset", choices=["demo", "imagenet", "nabirds", "coco", "nuswide"])
     data: str | None = option(None, "dataset root (the demo dataset needs none)")
     demo_train_size: int = option(4000, "demo dataset: training images")
     demo_test_size: int = option(500, "demo dataset: test images")
@@ -28,6 +31,7 @@ class TrainConfig:
     pretrained_path: str | None = option(None, "start from a local checkpoint (.pth or .safetensors)")
     epochs: int = option(3, "training epochs")
     batch_size: int = option(32, "batch per process (before accumulation)")
+    global_batch: int | None = option(None, "total batch (batch × accumulation × processes); sets --accum-steps")
     accum_steps: int = option(1, "gradient accumulation steps per optimizer step")
     lr: float = option(1e-3, "base learning rate, scaled by total batch / lr_batch_normalizer")
     lr_batch_normalizer: int = option(512, "batch size at which lr is used as given")
@@ -42,14 +46,33 @@ class TrainConfig:
     mixup: float = option(0.0, "Mixup alpha (0: off)")
     cutmix: float = option(0.0, "CutMix alpha (0: off)")
     smoothing: float = option(0.0, "label smoothing (carried by the mixed targets when Mixup/CutMix is on)")
+    aa: str | None = option(None, "RandAugment policy in timm's notation, e.g. rand-m9-mstd0.5-inc1 (none: off)")
+    reprob: float = option(0.0, "random erasing probability (single-label datasets)")
+    color_jitter: float = option(0.0, "colour jitter strength when no RandAugment is set (single-label datasets)")
+    cutout: float = option(0.0, "Cutout square side as a fraction of the image, always applied (0: off)")
+    loss: str = option(
+        "auto", "criterion; auto: asl for multi-label datasets, ce otherwise", choices=["auto", "ce", "asl", "bce"]
+    )
+    asl_gamma_neg: float = option(4.0, "ASL focusing exponent of negatives")
+    asl_gamma_pos: float = option(0.0, "ASL focusing exponent of positives")
+    asl_clip: float = option(0.05, "ASL probability margin of negatives")
+    teacher: str = option(
+        "auto",
+        "DynamicViT distillation teacher: auto (the pretrained DeiT when --pretrained), none, or a checkpoint path",
+    )
     clip_grad: float | None = option(None, "clip the gradient norm to this value")
     amp: str = option("none", "mixed precision", choices=["none", "bf16", "fp16"])
     ema_decay: float = option(0.0, "model EMA decay per optimizer step (0: no EMA)")
+    heldout_fraction: float = option(
+        0.0, "select the best checkpoint on this fraction of the training set (0: on the test split, as the study)"
+    )
     seed: int = option(0, "random seed (each process adds its rank)")
     workers: int = option(1, "data-loading worker processes per training process")
     output_dir: str = option("runs", "folder of run directories")
     run_name: str | None = option(None, "run directory name (default: <model>_<method>_r<r>)")
     resume: str | None = option(None, "'auto' (the run's last checkpoint, if any) or a checkpoint path")
+    log_every: int = option(50, "log the training loss every this many optimizer steps")
+    tensorboard: bool = option(False, "also write TensorBoard scalars to the run directory")
     checkpoint_every: int = option(200, "write the last checkpoint every this many optimizer steps (and each epoch)")
     eval_only: bool = option(False, "evaluate the --resume checkpoint and exit", flag="--eval")
     device: str | None = option(None, "cuda or cpu (default: cuda when available)")
@@ -77,10 +100,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             continue
         if f.name == "reduction_loc":
             kwargs.update(nargs="*", type=int)
-        elif f.default is None or f.type in ("str | None", "float | None"):
-            kwargs["type"] = float if "float" in str(f.type) else str
         else:
-            kwargs["type"] = type(f.default)
+            kwargs["type"] = next(t for t in (int, float, str) if t.__name__ in str(f.type))
         parser.add_argument(name, **kwargs)
     args = parser.parse_args(argv)
     config = TrainConfig(**{**vars(args), "reduction_loc": tuple(args.reduction_loc)})
