@@ -1,7 +1,7 @@
 """tokred: token reduction in Vision Transformers."""
 
 from tokred import ops
-from tokred.models import create_model
+from tokred.models import create_backbone, create_model
 from tokred.patch import ReducingVisionTransformer, patch
 from tokred.reducers import METHODS, DynamicViTLoss
 from tokred.trace import StageTrace, Trace
@@ -12,6 +12,7 @@ __all__ = [
     "ReducingVisionTransformer",
     "StageTrace",
     "Trace",
+    "create_backbone",
     "create_model",
     "ops",
     "patch",

@@ -31,29 +31,17 @@ def offline_hub() -> Iterator[None]:
         hub.HF_HUB_OFFLINE = previous
 
 
-def create_model(
+def create_backbone(
     name: str,
-    method: str,
-    keep_rate: float = 0.5,
-    reduction_loc: Sequence[int] = (3, 6, 9),
     pretrained: bool = False,
     pretrained_path: str | Path | None = None,
     num_classes: int | None = None,
-    method_options: dict[str, object] | None = None,
     **timm_kwargs: object,
-) -> ReducingVisionTransformer:
-    """A timm VisionTransformer (e.g. "deit_small_patch16_224") with its weights, then :func:`tokred.patch`.
-
-    Args:
-        name: a timm ViT name.
-        method, keep_rate, reduction_loc: the reduction (see :func:`tokred.patch`).
-        pretrained: load timm's pretrained weights (needs the network, or ``pretrained_path``).
-        pretrained_path: a local checkpoint, ``.pth`` (a state dict or ``{"model": state_dict}``) or
-            ``.safetensors``; implies ``pretrained``.
-        num_classes: a new classifier of this size (timm's default head otherwise).
-        method_options: options of the method's reducer.
-        **timm_kwargs: passed to ``timm.create_model`` (drop_path_rate, img_size, ...).
-    """
+) -> timm.models.VisionTransformer:
+    """The plain timm model ``name`` with its weights: timm's pretrained ones (needs the network), or a local
+    checkpoint ``pretrained_path`` (``.pth``, a state dict or ``{"model": state_dict}``, or ``.safetensors``;
+    implies ``pretrained``). ``num_classes`` gives a new classifier of that size; offline without a file the
+    download fails at once with an error that says what to do."""
     kwargs = dict(timm_kwargs)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -66,7 +54,7 @@ def create_model(
     download = pretrained and pretrained_path is None
     try:
         with offline_hub() if download and not hub.HF_HUB_OFFLINE and not hub_reachable() else nullcontext():
-            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError) as error:
         if not download:
             raise
@@ -74,4 +62,27 @@ def create_model(
             f"could not download the pretrained weights of {name} ({error.__class__.__name__}: {error}). "
             "Offline, pass a local checkpoint with pretrained_path=... (.pth or .safetensors)."
         ) from error
+
+
+def create_model(
+    name: str,
+    method: str,
+    keep_rate: float = 0.5,
+    reduction_loc: Sequence[int] = (3, 6, 9),
+    pretrained: bool = False,
+    pretrained_path: str | Path | None = None,
+    num_classes: int | None = None,
+    method_options: dict[str, object] | None = None,
+    **timm_kwargs: object,
+) -> ReducingVisionTransformer:
+    """:func:`create_backbone`, then :func:`tokred.patch`.
+
+    Args:
+        name: a timm ViT name (e.g. "deit_small_patch16_224").
+        method, keep_rate, reduction_loc: the reduction (see :func:`tokred.patch`).
+        pretrained, pretrained_path, num_classes, **timm_kwargs: the backbone (see :func:`create_backbone`;
+            timm_kwargs go to ``timm.create_model``: drop_path_rate, img_size, ...).
+        method_options: options of the method's reducer.
+    """
+    model = create_backbone(name, pretrained, pretrained_path, num_classes, **timm_kwargs)
     return patch(model, method, keep_rate, reduction_loc, **(method_options or {}))
