@@ -3,11 +3,13 @@
 import argparse
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tokred
+from train.presets import paper_preset
 
 
 def option(default: Any, help: str, **extra: Any) -> Any:
@@ -85,8 +87,11 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """The command line of train/main.py, generated from TrainConfig (every field is an option)."""
+def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
+    """The command line of train/main.py, generated from TrainConfig (every field is an option).
+
+    explicit_only: no defaults, so a parse holds only the options given on the command line.
+    """
     parser = argparse.ArgumentParser(
         description="Fine-tune a token-reducing ViT. Run with python or torchrun (one or several processes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -94,7 +99,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for f in dataclasses.fields(TrainConfig):
         meta = dict(f.metadata)
         name = meta.pop("flag", "--" + f.name.replace("_", "-"))
-        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": meta.pop("help"), **meta}
+        default = argparse.SUPPRESS if explicit_only else f.default
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta.pop("help"), **meta}
         if f.type in (bool, "bool"):
             parser.add_argument(name, action=argparse.BooleanOptionalAction, **kwargs)
             continue
@@ -103,8 +109,44 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         else:
             kwargs["type"] = next(t for t in (int, float, str) if t.__name__ in str(f.type))
         parser.add_argument(name, **kwargs)
-    args = parser.parse_args(argv)
-    config = TrainConfig(**{**vars(args), "reduction_loc": tuple(args.reduction_loc)})
+    return parser
+
+
+def set_accumulation(config: TrainConfig, given: set[str]) -> None:
+    """accum_steps = global_batch / (batch_size × WORLD_SIZE); an --accum-steps given overrides a preset's batch."""
+    if config.global_batch is None:
+        return
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    per_step = config.batch_size * world
+    if "accum_steps" in given and "global_batch" not in given:
+        config.global_batch = None
+        return
+    if config.global_batch < per_step or config.global_batch % per_step:
+        raise ValueError(
+            f"the global batch {config.global_batch} is not a multiple of --batch-size × processes "
+            f"({config.batch_size} × {world} = {per_step}): pick a --batch-size that divides it, or set --global-batch"
+        )
+    if "accum_steps" in given and config.accum_steps * per_step != config.global_batch:
+        raise ValueError(
+            f"--accum-steps {config.accum_steps} with --batch-size {config.batch_size} × {world} processes does not "
+            f"make --global-batch {config.global_batch}: give only one of --accum-steps and --global-batch"
+        )
+    config.accum_steps = config.global_batch // per_step
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The TrainConfig of a command line: `--preset paper` fills every option not given with the study's value."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    given = set(vars(build_parser(explicit_only=True).parse_args(argv)))
+    try:
+        if args["preset"] == "paper":
+            preset = paper_preset(args["dataset"], args["method"], args["r"])
+            args.update({name: value for name, value in preset.items() if name not in given})
+        config = TrainConfig(**{**args, "reduction_loc": tuple(args["reduction_loc"])})
+        set_accumulation(config, given)
+    except ValueError as error:
+        parser.error(str(error))
     if config.eval_only and not config.resume:
         parser.error("--eval needs --resume CHECKPOINT")
     if min(config.accum_steps, config.batch_size, config.epochs, config.repeated_aug) < 1:
