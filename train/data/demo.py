@@ -44,6 +44,8 @@ class DemoDigits(Dataset):
         normalize: apply the ImageNet mean/std (what timm's DeiT expects).
     """
 
+    multi_label = False
+
     def __init__(
         self, split: str = "train", length: int | None = None, size: int = 224, seed: int = 0, normalize: bool = True
     ) -> None:
