@@ -22,9 +22,20 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     return torch.device(request.param)
 
 
-@pytest.fixture
-def rng(device: torch.device) -> torch.Generator:
+def fresh_generator(device: torch.device) -> torch.Generator:
     """A generator freshly seeded from the OS: every run draws new inputs (the seed is printed on failure)."""
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"random seed {seed}")
     return torch.Generator(device).manual_seed(seed)
+
+
+@pytest.fixture
+def rng(device: torch.device) -> torch.Generator:
+    """Fresh random inputs on each tested device."""
+    return fresh_generator(device)
+
+
+@pytest.fixture
+def cpu_rng() -> torch.Generator:
+    """Fresh random inputs for tests that run on the CPU only."""
+    return fresh_generator(torch.device("cpu"))

@@ -1,8 +1,12 @@
 """The sharded training / evaluation sampler."""
 
+import random
 from collections import Counter
 
-from train.distributed import ShardedSampler
+import numpy as np
+import torch
+
+from train.distributed import SeededSamples, ShardedSampler
 
 
 def shards(length, world, **kwargs):
@@ -34,3 +38,32 @@ def test_repeated_augmentation():
     counts = Counter(seen)
     assert set(counts.values()) == {3} and len(counts) == 16
     assert all(len(set(part)) == 16 for part in parts)  # the three copies of an image go to three ranks
+
+
+def test_seeded_samples_do_not_depend_on_processes_or_resumes():
+    """Each position of an epoch has its own seed: the same (index, seed) pairs under 1 or 4 processes, the
+    same pairs after a skip, different seeds for the three copies of an image."""
+    (one,) = shards(48, 1, shuffle=True, global_batch=12, repeats=3, seeded=True)
+    four = [pair for part in shards(48, 4, shuffle=True, global_batch=12, repeats=3, seeded=True) for pair in part]
+    assert sorted(four) == sorted(one) and len({seed for _, seed in four}) == 48
+    assert Counter(index for index, _ in one) == Counter(shards(48, 1, shuffle=True, global_batch=12, repeats=3)[0])
+    sampler = ShardedSampler(48, 1, 4, seed=3, shuffle=True, global_batch=12, seeded=True)
+    full = list(sampler)
+    sampler.set_epoch(0, skip=4)
+    assert list(sampler) == full[4:]
+
+
+def test_seeded_samples_draw_from_their_seed_and_restore_the_streams():
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int) -> tuple[float, float, float]:
+            return torch.rand(()).item(), float(np.random.rand()), random.random()
+
+    samples = SeededSamples(Noise())
+    streams = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    first, again, other = samples[(2, 11)], samples[(3, 11)], samples[(2, 12)]
+    assert first == again and first != other
+    assert torch.equal(torch.get_rng_state(), streams[0]) and (np.random.get_state()[1] == streams[1]).all()
+    assert random.getstate() == streams[2]

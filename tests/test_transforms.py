@@ -112,3 +112,16 @@ def test_cutout_keeps_its_input():
 def test_cutout_size_is_checked():
     with pytest.raises(ValueError, match="fraction of the image side"):
         Cutout(1.5)
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_randaugment_posterize_at_full_magnitude(multi_label: bool):
+    """The increasing posterize keeps 0 bits at magnitude 10 (reached with mstd noise): a black image, where
+    timm's own op raises on Pillow ≥ 13."""
+    pipeline = build_transform("coco" if multi_label else "imagenet", True, AA, 0.0, 0.0, 0.5 if multi_label else 0.0)
+    (op,) = [op for step in pipeline.transforms for op in getattr(step, "ops", ()) if op.name == "PosterizeIncreasing"]
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
+    image = Image.new("RGB", (20, 10), (200, 120, 40))
+    assert np.asarray(op(image)).max() == 0
+    op.magnitude = 5  # keeps 4 - int(5 / 10 · 4) = 2 bits
+    assert np.asarray(op(image)).tolist() == np.asarray(image.point(lambda v: v & 0b11000000)).tolist()

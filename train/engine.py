@@ -9,7 +9,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -17,7 +16,9 @@ from tqdm import tqdm
 import tokred
 from train import optim
 from train.config import TrainConfig
-from train.distributed import all_reduce_sum
+from train.distributed import all_reduce_sum, gather_in_order
+from train.losses import Criterion
+from train.metrics import mean_average_precision
 
 
 @dataclass
@@ -37,30 +38,6 @@ def reseed(config: TrainConfig, rank: int, step: int) -> None:
     np.random.seed(seed % 2**32)  # timm's Mixup draws from numpy
 
 
-def training_loss(config: TrainConfig, bare: nn.Module, num_classes: int) -> tuple[Mixup | None, Callable]:
-    """(Mixup/CutMix or None, criterion(output, targets)): soft-target CE under Mixup, else label-smoothed CE;
-    DynamicViT's loss wraps it (output is then (logits, aux))."""
-    mixup = None
-    if config.mixup > 0 or config.cutmix > 0:
-        mixup = Mixup(
-            mixup_alpha=config.mixup,
-            cutmix_alpha=config.cutmix,
-            label_smoothing=config.smoothing,
-            num_classes=num_classes,
-        )
-    base = (
-        SoftTargetCrossEntropy()
-        if mixup
-        else LabelSmoothingCrossEntropy(config.smoothing)
-        if config.smoothing > 0
-        else nn.CrossEntropyLoss()
-    )
-    if isinstance(bare, tokred.ReducingVisionTransformer) and bare.method == "dynamicvit":
-        dynamicvit = tokred.DynamicViTLoss(base, bare.keep_ratios)
-        return mixup, lambda output, targets: dynamicvit(output[0].float(), output[1], targets)
-    return mixup, lambda output, targets: base(output.float(), targets)
-
-
 def autocast(config: TrainConfig, device: torch.device):
     if config.amp == "none":
         return nullcontext()
@@ -75,18 +52,21 @@ def train_one_epoch(
     scheduler,
     scaler: torch.amp.GradScaler,
     ema: nn.Module | None,
-    loss: tuple[Mixup | None, Callable],
+    loss: tuple[Mixup | None, Criterion],
     config: TrainConfig,
     progress: Progress,
     rank: int,
-    on_step: Callable[[Progress], None],
+    on_step: Callable[[Progress, dict[str, float] | None], None],
 ) -> float:
     """Train until the loader is exhausted; ``bare`` is the model without its DDP wrapper, ``loss`` what
-    :func:`training_loss` returns. Returns the mean loss."""
+    :func:`train.losses.training_loss` returns. After each optimizer step calls ``on_step(progress, scalars)``
+    with the mean loss and lr since the last report every ``log_every`` / ``checkpoint_every`` steps (None
+    otherwise: the loss stays on the device between reports). Returns the epoch's mean loss."""
     model.train()
     device = next(bare.parameters()).device
     mixup, criterion = loss
     dynamicvit = isinstance(bare, tokred.ReducingVisionTransformer) and bare.method == "dynamicvit"
+    running = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum and micro-batches since the report
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {progress.epoch}", disable=rank != 0, leave=False, initial=progress.micro)
     for images, targets in bar:
@@ -98,14 +78,10 @@ def train_one_epoch(
         with sync:
             with autocast(config, device):
                 output = model(images, aux=True) if dynamicvit else model(images)
-            value = criterion(output, targets)
-            if not math.isfinite(value.item()):
-                raise FloatingPointError(
-                    f"loss is {value.item()} at step {progress.step}; lower --lr or use --amp bf16"
-                )
+                value = criterion(output, images, targets)
             scaler.scale(value / config.accum_steps).backward()
         progress.micro += 1
-        total, count = total + value.item(), count + 1
+        running += torch.stack([value.detach().double(), torch.ones((), dtype=torch.float64, device=device)])
         if not boundary:
             continue
         optim.freeze_backbone(optimizer, progress.epoch, config)
@@ -120,21 +96,42 @@ def train_one_epoch(
             ema.update(bare, step=progress.step)
         scheduler.step_update(progress.step)
         reseed(config, rank, progress.step)
-        bar.set_postfix(loss=f"{value.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        on_step(progress)
-    return total / max(count, 1)
+        scalars = None
+        if progress.step % config.log_every == 0 or progress.step % config.checkpoint_every == 0:
+            loss_sum, micro = running.tolist()
+            running.zero_()
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(
+                    f"the loss became {loss_sum} before step {progress.step}; lower --lr or use --amp bf16"
+                )
+            total, count = total + loss_sum, count + int(micro)
+            scalars = {"train_loss": loss_sum / micro, "lr": optimizer.param_groups[-1]["lr"]}
+            bar.set_postfix(loss=f"{scalars['train_loss']:.3f}", lr=f"{scalars['lr']:.2e}")
+        on_step(progress, scalars)
+    loss_sum, micro = running.tolist()
+    if not math.isfinite(loss_sum):
+        raise FloatingPointError(f"the loss became {loss_sum} in epoch {progress.epoch}; lower --lr or use --amp bf16")
+    return (total + loss_sum) / max(count + int(micro), 1)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, config: TrainConfig, rank: int) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (%) over the whole split, exact across processes (no padding)."""
+def evaluate(
+    model: nn.Module, loader: DataLoader, config: TrainConfig, rank: int, multi_label: bool = False
+) -> dict[str, float]:
+    """Over the whole split, exact across processes: loss, top-1 and top-5 accuracy (%) for single-label data,
+    mAP (%) for multi-label data (sigmoid scores of every image, gathered in dataset order)."""
     model.eval()
     device = next(model.parameters()).device
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1, top-5, images
+    scores, labels = [], []
     for images, targets in tqdm(loader, desc="eval", disable=rank != 0, leave=False):
         images, targets = images.to(device), targets.to(device)
         with autocast(config, device):
             logits = model(images).float()
+        if multi_label:
+            scores.append(logits.sigmoid().cpu())
+            labels.append(targets.cpu())
+            continue
         top5 = logits.topk(min(5, logits.shape[1]), dim=-1).indices
         hits = top5 == targets[:, None]
         sums += torch.stack(
@@ -145,5 +142,8 @@ def evaluate(model: nn.Module, loader: DataLoader, config: TrainConfig, rank: in
                 torch.tensor(float(len(targets)), device=device, dtype=torch.float64),
             ]
         )
+    if multi_label:
+        all_scores, all_labels = gather_in_order(torch.cat(scores)), gather_in_order(torch.cat(labels))
+        return {"map": mean_average_precision(all_scores, all_labels), "images": float(len(all_scores))}
     loss, top1, top5, n = all_reduce_sum(sums).tolist()
     return {"loss": loss / n, "acc1": 100 * top1 / n, "acc5": 100 * top5 / n, "images": n}

@@ -8,9 +8,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
 from tokred import ReducingVisionTransformer  # noqa: E402
-from train.data import DemoDigits  # noqa: E402
+
+IMAGENET_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN)[:, None, None]
+IMAGENET_STD = torch.tensor(IMAGENET_DEFAULT_STD)[:, None, None]
 
 
 def stage_overlay(image: torch.Tensor, assignment: torch.Tensor, patch: int) -> torch.Tensor:
@@ -25,25 +28,32 @@ def stage_overlay(image: torch.Tensor, assignment: torch.Tensor, patch: int) -> 
 
 
 @torch.no_grad()
-def kept_tokens_figure(model: ReducingVisionTransformer, data: DemoDigits, path: Path, count: int = 4) -> None:
-    """Write a PNG: one row per test image, its digit box outlined, then one panel per reduction stage."""
+def kept_tokens_figure(
+    model: ReducingVisionTransformer,
+    images: torch.Tensor,
+    titles: list[str],
+    path: Path,
+    boxes: list[tuple[int, int, int]] | None = None,
+) -> None:
+    """Write a PNG: one row per image (images [n, 3, S, S], ImageNet-normalised), then one panel per reduction
+    stage; boxes (top, left, side) of the object, when known, are outlined in white."""
     model.eval()
-    device = next(model.parameters()).device
-    items = [data.item(i) for i in range(count)]
-    batch = torch.stack([data[i][0] for i in range(count)]).to(device)
-    _, trace = model(batch, trace=True)
+    _, trace = model(images.to(next(model.parameters()).device), trace=True)
+    shown = (images.cpu() * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1)
     patch = model.patch_embed.patch_size[0]
-    columns = 1 + len(trace.stages)
+    count, columns = len(images), 1 + len(trace.stages)
     fig, axes = plt.subplots(count, columns, figsize=(2.2 * columns, 2.2 * count), squeeze=False)
-    for row, (image, label, (top, left, side)) in enumerate(items):
+    for row, image in enumerate(shown):
         panels = [image] + [stage_overlay(image, s.assignment[row].cpu(), patch) for s in trace.stages]
-        titles = [f"label {label}"] + [f"block {s.block}: {int(s.token_counts[row])} tokens" for s in trace.stages]
-        for ax, panel, title in zip(axes[row], panels, titles, strict=True):
-            ax.imshow(panel.permute(1, 2, 0).clamp(0, 1).numpy())
-            ax.add_patch(plt.Rectangle((left, top), side, side, fill=False, edgecolor="white", linewidth=0.8))
-            ax.set_title(title, fontsize=8)
+        names = [titles[row]] + [f"block {s.block}: {int(s.token_counts[row])} tokens" for s in trace.stages]
+        for ax, panel, name in zip(axes[row], panels, names, strict=True):
+            ax.imshow(panel.permute(1, 2, 0).numpy())
+            if boxes is not None:
+                top, left, side = boxes[row]
+                ax.add_patch(plt.Rectangle((left, top), side, side, fill=False, edgecolor="white", linewidth=0.8))
+            ax.set_title(name, fontsize=8)
             ax.axis("off")
-    fig.suptitle(f"{model.method}: tokens kept at each stage (digit box in white)", fontsize=9)
+    fig.suptitle(f"{model.method}: tokens kept at each stage", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -6,6 +6,7 @@ Without --data it trains on the embedded demo dataset, so the command runs on a 
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
@@ -13,23 +14,58 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 from timm.utils import ModelEmaV3  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, Subset  # noqa: E402
 
 import tokred  # noqa: E402
 from train import checkpoint, distributed, optim  # noqa: E402
 from train.config import TrainConfig, parse_args  # noqa: E402
-from train.data import DemoDigits  # noqa: E402
-from train.engine import Progress, evaluate, reseed, train_one_epoch, training_loss  # noqa: E402
+from train.data import DemoDigits, build_transform, load_dataset  # noqa: E402
+from train.engine import Progress, evaluate, reseed, train_one_epoch  # noqa: E402
 from train.figures import kept_tokens_figure  # noqa: E402
+from train.losses import load_teacher, training_loss  # noqa: E402
+from train.run_log import RunLog  # noqa: E402
 
 log = logging.getLogger("train")
 
 
-def datasets(config: TrainConfig) -> tuple[DemoDigits, DemoDigits]:
-    return (
-        DemoDigits("train", length=config.demo_train_size, seed=config.seed),
-        DemoDigits("test", length=config.demo_test_size, seed=config.seed),
-    )
+@dataclass
+class Splits:
+    """The run's data: training images, the test split, optionally images held out of the training set for
+    model selection; the label space."""
+
+    train: Dataset
+    test: Dataset
+    heldout: Dataset | None
+    num_classes: int
+    multi_label: bool
+
+    @property
+    def metric(self) -> str:
+        """The metric that selects the best checkpoint (SPEC §5.6): top-1 accuracy, or mAP for multi-label."""
+        return "map" if self.multi_label else "acc1"
+
+
+def load_splits(config: TrainConfig) -> Splits:
+    """The dataset's training and test splits with their transforms; with ``heldout_fraction`` a fixed random
+    part of the training set (seeded) is held out, seen with the evaluation transform."""
+
+    def load(split: str, training: bool) -> Dataset:
+        transform = build_transform(
+            config.dataset, training, config.aa, config.reprob, config.color_jitter, config.cutout
+        )
+        length = config.demo_train_size if split == "train" else config.demo_test_size
+        return load_dataset(config.dataset, config.data, split, transform, demo_length=length, seed=config.seed)
+
+    train, test = load("train", True), load("eval", False)
+    heldout = None
+    if config.heldout_fraction > 0:
+        held = round(len(train) * config.heldout_fraction)
+        if not 0 < held < len(train):
+            raise ValueError(f"--heldout-fraction {config.heldout_fraction} leaves no images on one side")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)).tolist()
+        heldout = Subset(load("train", False), sorted(order[:held]))
+        train = Subset(train, sorted(order[held:]))
+    return Splits(train, test, heldout, test.num_classes, test.multi_label)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -48,22 +84,39 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dict[str, float]:
     reseed(config, 0, 0)  # the same initial weights (and EMA) in every process
-    train_set, test_set = datasets(config)
+    data = load_splits(config)
     global_batch = config.batch_size * config.accum_steps * world
-    steps_per_epoch = len(train_set) // global_batch
+    steps_per_epoch = len(data.train) // global_batch
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training images are fewer than one global batch of {global_batch}")
+        raise ValueError(f"{len(data.train)} training images are fewer than one global batch of {global_batch}")
     train_sampler = distributed.ShardedSampler(
-        len(train_set), rank, world, config.seed, True, global_batch, config.repeated_aug
+        len(data.train),
+        rank,
+        world,
+        config.seed,
+        True,
+        global_batch,
+        config.repeated_aug,
+        seeded=True,
     )
-    test_sampler = distributed.ShardedSampler(len(test_set), rank, world, config.seed, False)
     loader_args = {
         "num_workers": config.workers,
         "pin_memory": device.type == "cuda",
         "generator": torch.Generator().manual_seed(config.seed + rank),  # keeps the global random stream untouched
     }
-    train_loader = DataLoader(train_set, config.batch_size, sampler=train_sampler, drop_last=True, **loader_args)
-    test_loader = DataLoader(test_set, config.batch_size, sampler=test_sampler, **loader_args)
+    train_loader = DataLoader(
+        distributed.SeededSamples(data.train), config.batch_size, sampler=train_sampler, drop_last=True, **loader_args
+    )
+    eval_loaders = {
+        split: DataLoader(
+            dataset,
+            config.batch_size,
+            sampler=distributed.ShardedSampler(len(dataset), rank, world, config.seed, False),
+            **loader_args,
+        )
+        for split, dataset in (("heldout", data.heldout), ("test", data.test))
+        if dataset is not None
+    }
 
     model = tokred.create_model(
         config.model,
@@ -72,13 +125,13 @@ def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         config.reduction_loc,
         pretrained=config.pretrained,
         pretrained_path=config.pretrained_path,
-        num_classes=train_set.num_classes,
+        num_classes=data.num_classes,
         drop_path_rate=config.drop_path,
     ).to(device)
     ema = ModelEmaV3(model, decay=config.ema_decay) if config.ema_decay > 0 else None
     optimizer, scheduler, lr = optim.build(model, config, steps_per_epoch, world)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    progress, best = Progress(), {"acc1": -1.0}
+    progress, best = Progress(), {"score": float("-inf")}
 
     run_dir = config.run_dir
     resume_from = checkpoint.find_resume(config.resume, run_dir)
@@ -94,7 +147,7 @@ def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dic
             progress, best = Progress(**state["progress"]), state["best"]
         log.info("resumed from %s at epoch %d, step %d", resume_from, progress.epoch, progress.step)
     if config.eval_only:
-        metrics = evaluate(model, test_loader, config, rank)
+        metrics = evaluate(model, eval_loaders["test"], config, rank, data.multi_label)
         log.info("evaluation: %s", json.dumps(metrics))
         return metrics
 
@@ -102,10 +155,14 @@ def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(config.to_json())
     log.info(
-        "%s | %s r=%g | %d processes, global batch %d, lr %.2e, %d steps/epoch | run dir %s",
+        "%s | %s r=%g | %s: %d training images, %d classes | %d processes, global batch %d, lr %.2e, "
+        "%d steps/epoch | run dir %s",
         config.model,
         config.method,
         config.r,
+        config.dataset,
+        len(data.train),
+        data.num_classes,
         world,
         global_batch,
         lr,
@@ -113,7 +170,11 @@ def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         run_dir,
     )
     trained = DistributedDataParallel(model) if world > 1 else model
-    loss = training_loss(config, model, train_set.num_classes)
+    loss = training_loss(
+        config, model, data.num_classes, data.multi_label, load_teacher(config, data.num_classes, device)
+    )
+    records = RunLog(run_dir, rank, config.tensorboard)
+    selection = f"{next(iter(eval_loaders))}_{data.metric}"  # held-out split when there is one, else test
     reseed(config, rank, progress.step)
 
     def save(path: Path) -> None:
@@ -132,7 +193,9 @@ def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dic
                 },
             )
 
-    def on_step(p: Progress) -> None:
+    def on_step(p: Progress, scalars: dict[str, float] | None) -> None:
+        if scalars is not None and p.step % config.log_every == 0:
+            records.step(p.step, scalars)
         if p.step % config.checkpoint_every == 0:
             save(run_dir / checkpoint.LAST)
 
@@ -142,30 +205,52 @@ def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         train_loss = train_one_epoch(
             trained, model, train_loader, optimizer, scheduler, scaler, ema, loss, config, progress, rank, on_step
         )
-        metrics = {
-            "epoch": progress.epoch,
-            "step": progress.step,
-            "train_loss": train_loss,
-            **{f"test_{k}": v for k, v in evaluate(model, test_loader, config, rank).items()},
-        }
-        if ema is not None:
-            metrics |= {f"ema_{k}": v for k, v in evaluate(ema.module, test_loader, config, rank).items()}
+        metrics = {"epoch": progress.epoch, "step": progress.step, "train_loss": train_loss}
+        for split, loader in eval_loaders.items():
+            for prefix, net in (("", model), ("ema_", ema.module if ema is not None else None)):
+                if net is not None:
+                    scores = evaluate(net, loader, config, rank, data.multi_label)
+                    metrics |= {f"{prefix}{split}_{k}": v for k, v in scores.items()}
+        metrics["unreadable_images"] = unreadable_images(data, device)
         progress.epoch, progress.micro = progress.epoch + 1, 0
-        improved = max(metrics["test_acc1"], metrics.get("ema_acc1", -1.0)) > best["acc1"]
+        score, source = max((metrics[selection], "model"), (metrics.get(f"ema_{selection}", float("-inf")), "ema"))
+        improved = score > best["score"]
         if improved:
-            best = {"acc1": max(metrics["test_acc1"], metrics.get("ema_acc1", -1.0)), "epoch": metrics["epoch"]}
-        if rank == 0:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            save(run_dir / checkpoint.LAST)
-            if improved:
-                save(run_dir / checkpoint.BEST)
-        log.info("epoch %d: %s", metrics["epoch"], json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+            best = {"score": score, "metric": selection, "source": source, "epoch": metrics["epoch"]}
+        records.epoch(metrics)
+        save(run_dir / checkpoint.LAST)
+        if improved:
+            save(run_dir / checkpoint.BEST)
+    records.close()
     distributed.check_in_sync(model)
     if rank == 0:
-        kept_tokens_figure(model, test_set, run_dir / "kept_tokens.png")
+        images, titles, boxes = figure_images(data.test)
+        kept_tokens_figure(model, images, titles, run_dir / "kept_tokens.png", boxes)
+    log.info(
+        "best %s %.2f (%s, epoch %d)", best.get("metric"), best["score"], best.get("source"), best.get("epoch", -1)
+    )
     log.info("done: %d processes hold identical parameters; run directory %s", world, run_dir)
     return metrics
+
+
+def unreadable_images(data: Splits, device: torch.device) -> float:
+    """Image reads that failed so far (each replaced by another image), over every process."""
+    datasets = [d.dataset if isinstance(d, Subset) else d for d in (data.train, data.test, data.heldout) if d]
+    count = torch.tensor([float(sum(getattr(d, "unreadable", 0) for d in datasets))], device=device)
+    return distributed.all_reduce_sum(count).item()
+
+
+def figure_images(test: Dataset, count: int = 4) -> tuple[torch.Tensor, list[str], list | None]:
+    """The first test images [count, 3, S, S], their titles, and the objects' boxes when the dataset knows them."""
+    images, titles = [], []
+    count = min(count, len(test))
+    for i in range(count):
+        image, target = test[i]
+        target = torch.as_tensor(target)
+        images.append(image)
+        titles.append(f"label {int(target)}" if target.ndim == 0 else f"{int(target.sum())} labels")
+    boxes = [test.item(i)[2] for i in range(count)] if isinstance(test, DemoDigits) else None
+    return torch.stack(images), titles, boxes
 
 
 if __name__ == "__main__":

@@ -8,8 +8,14 @@ streams, which DataLoader seeds per worker, so seeding makes the augmentation re
 from collections.abc import Callable
 
 import torch
-from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, rand_augment_transform
+from PIL import Image, ImageOps
+from timm.data import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    auto_augment,
+    create_transform,
+    rand_augment_transform,
+)
 from timm.data.transforms import str_to_pil_interp
 from torch import Tensor
 from torchvision import transforms
@@ -49,6 +55,25 @@ class Cutout:
         return f"{type(self).__name__}(size={self.size})"
 
 
+def posterize(image: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
+    """timm's RandAugment posterize for Pillow ≥ 13, which refuses to keep 0 bits: timm's increasing policy
+    (``inc1``) asks for 0 bits at magnitude 10, which gives a black image, as older Pillow did."""
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return image.point([0] * 256 * len(image.getbands()))
+    return ImageOps.posterize(image, bits_to_keep)
+
+
+def with_safe_posterize(transform: transforms.Compose) -> transforms.Compose:
+    """The same pipeline with :func:`posterize` in its RandAugment (timm's crashes on Pillow ≥ 13)."""
+    for step in transform.transforms:
+        for op in getattr(step, "ops", ()):
+            if op.aug_fn is auto_augment.posterize:
+                op.aug_fn = posterize
+    return transform
+
+
 def single_label_transform(
     training: bool, aa: str | None, reprob: float, color_jitter: float
 ) -> Callable[[Image.Image], Tensor]:
@@ -60,7 +85,7 @@ def single_label_transform(
     """
     if not training:
         return create_transform(IMAGE_SIZE, interpolation="bicubic", crop_pct=CROP_PCT)
-    return create_transform(
+    pipeline = create_transform(
         IMAGE_SIZE,
         is_training=True,
         auto_augment=aa or None,
@@ -69,6 +94,7 @@ def single_label_transform(
         re_prob=reprob,
         re_mode="pixel",
     )
+    return with_safe_posterize(pipeline)
 
 
 def multi_label_transform(training: bool, aa: str | None, cutout: float) -> Callable[[Image.Image], Tensor]:
@@ -90,4 +116,4 @@ def multi_label_transform(training: bool, aa: str | None, cutout: float) -> Call
         )
         steps.append(rand_augment_transform(aa, hparams))
     steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
-    return transforms.Compose(steps)
+    return with_safe_posterize(transforms.Compose(steps))

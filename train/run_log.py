@@ -1,0 +1,54 @@
+"""What a run records in its directory: metrics per epoch (metrics.jsonl and metrics.csv), optional TensorBoard."""
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("train")
+
+
+class RunLog:
+    """Records of rank 0 (other ranks record nothing). Resuming appends to the same files."""
+
+    def __init__(self, run_dir: Path, rank: int, tensorboard: bool) -> None:
+        self.run_dir, self.active = run_dir, rank == 0
+        self.writer = None
+        if tensorboard and self.active:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from error
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def step(self, step: int, scalars: dict[str, float]) -> None:
+        """Training scalars (loss, lr) at an optimizer step."""
+        if not self.active:
+            return
+        log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+        if self.writer is not None:
+            for name, value in scalars.items():
+                self.writer.add_scalar(f"train/{name}", value, step)
+
+    def epoch(self, metrics: dict[str, float]) -> None:
+        """One epoch's metrics: a line of metrics.jsonl, metrics.csv rewritten from it, TensorBoard scalars."""
+        log.info("epoch %d: %s", metrics["epoch"], json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+        if not self.active:
+            return
+        lines = self.run_dir / "metrics.jsonl"
+        with open(lines, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        rows = [json.loads(line) for line in lines.read_text().splitlines()]
+        with open(self.run_dir / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+            writer.writeheader()
+            writer.writerows(rows)
+        if self.writer is not None:
+            for name, value in metrics.items():
+                if name not in ("epoch", "step"):
+                    self.writer.add_scalar(f"epoch/{name}", value, metrics["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
