@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from train.distributed import SeededSamples, ShardedSampler
+from train.distributed import SeededSamples, ShardedSampler, gather_in_order
 
 
 def shards(length, world, **kwargs):
@@ -67,3 +67,20 @@ def test_seeded_samples_draw_from_their_seed_and_restore_the_streams():
     assert first == again and first != other
     assert torch.equal(torch.get_rng_state(), streams[0]) and (np.random.get_state()[1] == streams[1]).all()
     assert random.getstate() == streams[2]
+
+
+def gather_shard(rank: int, world: int, store: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        rows = torch.arange(11 * 2).reshape(11, 2)
+        shard = rows[list(ShardedSampler(11, rank, world, seed=0, shuffle=False))]
+        torch.save(gather_in_order(shard), f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_evaluation_rows_gathered_in_dataset_order(tmp_path):
+    """Three processes' evaluation shards (11 rows, uneven) come back as the one-process order, on every rank."""
+    torch.multiprocessing.spawn(gather_shard, args=(3, str(tmp_path / "store"), str(tmp_path / "rows")), nprocs=3)
+    for rank in range(3):
+        assert torch.equal(torch.load(tmp_path / f"rows.{rank}"), torch.arange(22).reshape(11, 2))

@@ -43,7 +43,10 @@ def load_teacher(config: TrainConfig, num_classes: int, device: torch.device, **
         return None
     if config.teacher == "auto":
         if not (config.pretrained or config.pretrained_path) or config.dataset != "imagenet":
-            log.info("DynamicViT trains without a teacher (--teacher PATH adds one)")
+            log.warning(
+                "DynamicViT trains without distillation: pass --teacher CHECKPOINT (a run of the unreduced "
+                "model on this dataset, as the study did) or --teacher none to silence this"
+            )
             return None
         model = tokred.create_backbone(
             config.model, pretrained=True, pretrained_path=config.pretrained_path, **timm_kwargs
