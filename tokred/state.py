@@ -21,6 +21,8 @@ class TokenState:
         policy: [B, N] float keep decisions (DynamicViT training): attention ignores dropped keys (each token
             still sees itself) through the policy-masked softmax; None otherwise.
         patch_token: [B, P] while tracing: the spatial token holding each original patch, -1 once dropped.
+        representative: [B, N - num_prefix] while tracing: the original patch each spatial token stands for (the
+            patch a pruning stage kept, the centre's patch for a merge around centre tokens), -1 for none.
     """
 
     num_prefix: int
@@ -29,12 +31,13 @@ class TokenState:
     proportional: bool = False
     policy: Tensor | None = None
     patch_token: Tensor | None = None
+    representative: Tensor | None = None
 
     @classmethod
     def start(cls, x: Tensor, num_prefix: int, tracing: bool) -> "TokenState":
         batch, n = x.shape[:2]
         grid = torch.arange(n - num_prefix, device=x.device).expand(batch, -1) if tracing else None
-        return cls(num_prefix, patch_token=grid)
+        return cls(num_prefix, patch_token=grid, representative=grid)
 
     def attn_bias(self, dtype: torch.dtype) -> Tensor | None:
         """Additive key bias [B, 1, 1, N] for attention, or None when no token needs one."""
@@ -63,17 +66,21 @@ class TokenState:
         out = x.gather(1, seq[..., None].expand(-1, -1, x.shape[-1]))
         size = None if self.size is None else self.size.gather(1, seq)
         mask = None if self.mask is None and valid is None else self._gathered_mask(seq, valid)
-        patch_token = None
+        patch_token, representative = None, None
         if self.patch_token is not None:
             position = torch.full(x.shape[:1] + (x.shape[1] - p + 1,), -1, device=x.device)  # last slot: dropped
             slot = torch.where(valid, keep, x.shape[1] - p) if valid is not None else keep
             position.scatter_(1, slot, torch.arange(keep.shape[1], device=x.device).expand_as(keep))
             patch_token = self._compose(position[:, :-1])
-        return out, replace(self, size=size, mask=mask, patch_token=patch_token)
+            representative = self._represent(keep if valid is None else torch.where(valid, keep, -1))
+        return out, replace(self, size=size, mask=mask, patch_token=patch_token, representative=representative)
 
-    def merge(self, x: Tensor, merged: Tensor, assignment: Tensor) -> tuple[Tensor, "TokenState"]:
+    def merge(
+        self, x: Tensor, merged: Tensor, assignment: Tensor, centres: Tensor | None = None
+    ) -> tuple[Tensor, "TokenState"]:
         """Replace the spatial tokens by ``merged`` [B, K, C]; ``assignment`` [B, N - num_prefix] gives each old
-        spatial token's new token (-1: dropped). Sizes add up along the assignment."""
+        spatial token's new token (-1: dropped). Sizes add up along the assignment. ``centres`` [B, K] names the
+        old spatial token each new token stands for (-1: none; None: no new token has one); only tracing uses it."""
         p = self.num_prefix
         out = torch.cat([x[:, :p], merged], dim=1)
         size = None
@@ -81,8 +88,13 @@ class TokenState:
             spatial = self.size[:, p:] * (assignment >= 0)
             size = spatial.new_zeros(merged.shape[:2]).scatter_add_(1, assignment.clamp_min(0), spatial)
             size = torch.cat([self.size[:, :p], size], dim=1)
-        patch_token = None if self.patch_token is None else self._compose(assignment)
-        return out, replace(self, size=size, patch_token=patch_token)
+        patch_token, representative = None, None
+        if self.patch_token is not None:
+            patch_token = self._compose(assignment)
+            if centres is None:
+                centres = torch.full(merged.shape[:2], -1, dtype=torch.long, device=x.device)
+            representative = self._represent(centres)
+        return out, replace(self, size=size, patch_token=patch_token, representative=representative)
 
     def _gathered_mask(self, seq: Tensor, valid: Tensor | None) -> Tensor:
         mask = torch.ones_like(seq, dtype=torch.bool) if self.mask is None else self.mask.gather(1, seq)
@@ -96,9 +108,15 @@ class TokenState:
         moved = new_index.gather(1, self.patch_token.clamp_min(0))
         return torch.where(self.patch_token >= 0, moved, -1)
 
+    def _represent(self, old_token: Tensor) -> Tensor:
+        """representative after a stage whose new token k stands for old spatial token old_token[:, k] (-1: none)."""
+        assert self.representative is not None
+        picked = self.representative.gather(1, old_token.clamp_min(0))
+        return torch.where(old_token >= 0, picked, -1)
+
     def stage_trace(self, x: Tensor, block: int, **details: Tensor | None) -> StageTrace:
         """The trace of the stage that produced x (call only while tracing)."""
-        assert self.patch_token is not None
+        assert self.patch_token is not None and self.representative is not None
         batch, tokens = x.shape[0], x.shape[1] - self.num_prefix
         held = torch.where(self.patch_token >= 0, self.patch_token, tokens)  # dropped patches land in a spare slot
         count = torch.zeros(batch, tokens + 1, dtype=torch.long, device=x.device).scatter_add_(
@@ -108,4 +126,4 @@ class TokenState:
         patch.scatter_(1, held, torch.arange(held.shape[1], device=x.device).expand_as(held))
         kept = torch.where(count == 1, patch[:, :tokens], -1)
         counts = self.spatial_mask(x).sum(-1)
-        return StageTrace(block, self.patch_token, kept, counts, **details)
+        return StageTrace(block, self.patch_token, kept, self.representative, counts, **details)

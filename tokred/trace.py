@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-TRACE_VERSION = 1
+TRACE_VERSION = 2  # 2: StageTrace.representatives
 
 
 @dataclass
@@ -18,6 +18,12 @@ class StageTrace:
             merges send several patches to one token.
         kept: [B, M] int64, the original patch of each spatial token after the stage, in token order; -1 for
             a token that holds no patch (padding) or more than one (merged or fused tokens).
+        representatives: [B, M] int64, the original patch that stands for each spatial token after the stage, in
+            token order: the kept patch for pruning (equal to ``kept``), the centre's patch for K-Medoids and
+            DPC-KNN, chained through the stages (a centre chosen among the previous stage's tokens brings that
+            token's representative); -1 where there is none (ToMe, SiT, PatchMerger and Sinkhorn merges, EViT's
+            fused token, ATS padding). The centre lies in its own cluster: assignment[b, representatives[b, t]]
+            == t wherever representatives[b, t] >= 0.
         token_counts: [B] int64, real spatial tokens per image (ATS: data dependent; padding excluded).
         centres: [B, K, C] cluster centre features (K-Medoids, DPC-KNN: the centre tokens before merging;
             PatchMerger: queries; Sinkhorn: centres), or None.
@@ -28,6 +34,7 @@ class StageTrace:
     block: int
     assignment: Tensor
     kept: Tensor
+    representatives: Tensor
     token_counts: Tensor
     centres: Tensor | None = None
     soft_assignment: Tensor | None = None

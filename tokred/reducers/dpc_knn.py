@@ -36,5 +36,5 @@ class DPCKNN(Reducer):
         summed = tokens.new_zeros(x.shape[0], self.target, x.shape[-1])
         summed = summed.scatter_add(1, index.expand(-1, -1, x.shape[-1]), weight * tokens)
         centre_tokens = tokens.gather(1, centres[..., None].expand(-1, -1, x.shape[-1]))
-        x, state = state.merge(x, summed / (total + 1e-6), assignment)
+        x, state = state.merge(x, summed / (total + 1e-6), assignment, centres)
         return x, state, {"centres": centre_tokens.detach()}

@@ -27,5 +27,6 @@ class EViT(Reducer):
         fused_weight = torch.where(assignment == self.target, score, 0.0).to(x.dtype)
         fused = (fused_weight[..., None] * tokens).sum(1, keepdim=True)  # [B, 1, C]
         kept = tokens.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
-        x, state = state.merge(x, torch.cat([kept, fused], dim=1), assignment)
+        stands_for = torch.cat([keep, keep.new_full((x.shape[0], 1), -1)], dim=1)  # the fused token: none
+        x, state = state.merge(x, torch.cat([kept, fused], dim=1), assignment, stands_for)
         return x, state, {}

@@ -32,5 +32,5 @@ class KMedoids(Reducer):
             tokens.detach(), extras.received[:, p:].detach(), self.target, self.iters, self.rule
         )
         centres = tokens.gather(1, medoids[..., None].expand(-1, -1, x.shape[-1]))
-        x, state = state.merge(x, centres, assignment)
+        x, state = state.merge(x, centres, assignment, medoids)
         return x, state, {"centres": centres.detach()}
