@@ -1,0 +1,1 @@
+"""Analysis of token reduction: reduction patterns, features, metrics, comparisons, figures and reports."""
