@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import homogeneity_completeness_v_measure
 
 from analysis.metrics.patterns import (
     MERGING_METRICS,
@@ -153,6 +154,8 @@ def test_homogeneity_completeness_v_equal_the_entropy_formulas(gen: np.random.Ge
     want = [entropy_hcv(t.tolist(), p.tolist()) for t, p in zip(true, pred, strict=True)]
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     assert got[0, 0] == 1.0
+    by_sklearn = [homogeneity_completeness_v_measure(t, p) for t, p in zip(true, pred, strict=True)]
+    np.testing.assert_allclose(got, by_sklearn, rtol=1e-9, atol=1e-12)
 
 
 def test_nested_partitions_are_homogeneous_and_v_is_symmetric(gen: np.random.Generator) -> None:

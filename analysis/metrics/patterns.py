@@ -11,7 +11,6 @@ import operator
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sklearn.metrics import homogeneity_completeness_v_measure
 
 from tokred.schedule import check_reduction_loc, stage_targets
 
@@ -105,7 +104,8 @@ def homogeneity_completeness_v(
     labels_true: np.ndarray, labels_pred: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Homogeneity, completeness and V-measure (= NMI, arithmetic normalisation) of two partitions of the
-    patches, per image, by :func:`sklearn.metrics.homogeneity_completeness_v_measure` (SPEC §9.2).
+    patches, per image (SPEC §9.2): scikit-learn's ``homogeneity_completeness_v_measure`` computed for all images
+    at once from their contingency tables (the per-image call costs ~0.7 ms: minutes per pair on ImageNet).
 
     The order matters: homogeneity is 1 when every ``labels_pred`` cluster lies inside one ``labels_true``
     class, completeness is homogeneity with the arguments swapped, V is symmetric. The study's rates setting
@@ -127,9 +127,31 @@ def homogeneity_completeness_v(
             "the assignments hold -1 (dropped patches): homogeneity compares partitions of all patches, so use "
             "it on merging methods' assignments and compare pruning patterns with iou/ioa"
         )
-    scores = np.array([homogeneity_completeness_v_measure(t, p) for t, p in zip(true, pred, strict=True)])
-    scores = scores.reshape(-1, 3)
-    return scores[:, 0], scores[:, 1], scores[:, 2]
+    chunks = [_information(true[i : i + 256], pred[i : i + 256]) for i in range(0, len(true), 256)]
+    h_c, h_k, mutual = (np.concatenate(parts) if parts else np.zeros(0) for parts in zip(*chunks, strict=True))
+    homogeneity = np.where(h_c > 0, mutual / np.where(h_c > 0, h_c, 1), 1.0)
+    completeness = np.where(h_k > 0, mutual / np.where(h_k > 0, h_k, 1), 1.0)
+    total = homogeneity + completeness
+    v = np.where(total > 0, 2 * homogeneity * completeness / np.where(total > 0, total, 1), 0.0)
+    return homogeneity, completeness, v
+
+
+def _information(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """H(C), H(K) and the mutual information I(C; K) in nats per image ([N] each), from the contingency tables
+    of labels [N, P] (integer counts, so a certain outcome gives exactly 0)."""
+    n, patches = true.shape
+    classes, clusters = int(true.max(initial=0)) + 1, int(pred.max(initial=0)) + 1
+    cells = (np.arange(n)[:, None] * classes + true) * clusters + pred
+    joint = np.bincount(cells.ravel(), minlength=n * classes * clusters).reshape(n, classes, clusters)
+    per_class, per_cluster = joint.sum(2), joint.sum(1)
+
+    def entropy(counts: np.ndarray) -> np.ndarray:
+        p = counts / patches
+        return -(p * np.log(np.where(p > 0, p, 1))).sum(1)
+
+    ratio = joint * patches / np.maximum(per_class[:, :, None] * per_cluster[:, None, :], 1)
+    mutual = (joint / patches * np.log(np.where(joint > 0, ratio, 1))).sum((1, 2))
+    return entropy(per_class), entropy(per_cluster), np.maximum(mutual, 0.0)
 
 
 def _first_absence(
