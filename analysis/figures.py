@@ -7,6 +7,7 @@
 - ``ats_keep_rates``: ATS's actual keep rate per stage and r (Fig. 1);
 - ``lp_comparison``: IoU of the learned patterns with the ℓp radial ones (Fig. 7);
 - ``proxy_<setting>_<metric>``: a similarity against the score difference, with Spearman's ρ (Figs. 8–23);
+- ``dataset_similarity``: KL, JSD, PCC, SCC, SIM, EMD of the averaged patterns across datasets (Fig. 6);
 - ``depth_<dataset>``: dataset-averaged token depth maps (Figs. 24–29);
 - ``patterns_<dataset>``: each model's stages drawn on sample images (Figs. 30–37).
 """
@@ -146,6 +147,22 @@ def proxy(table: pd.DataFrame, setting: str, metric: str, out: Path) -> list[Pat
     return save(fig, out, f"proxy_{setting}_{metric}")
 
 
+def dataset_similarity(table: pd.DataFrame, out: Path) -> list[Path]:
+    """The saliency suite between one model's dataset-averaged patterns on two datasets, per method (Fig. 6)."""
+    rows = table[table.setting == "datasets"]
+    if rows.empty:
+        return []
+    metrics = list(dict.fromkeys(rows.metric))
+    fig, axes = panels(len(metrics), 2.8, 3.0)
+    for ax, metric in zip(axes, metrics, strict=True):
+        values = rows[rows.metric == metric].groupby("method_a")["mean"]
+        ax.bar([label(m) for m in values.mean().index], values.mean(), yerr=values.std().fillna(0), capsize=3)
+        ax.set_title(metric)
+        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+    fig.suptitle("dataset-averaged patterns compared across datasets (mean over dataset pairs)", fontsize=10)
+    return save(fig, out, "dataset_similarity")
+
+
 def depth_maps(maps: dict[str, np.ndarray], out: Path) -> list[Path]:
     """Per dataset, every model's dataset-averaged token depth map (Figs. 24–29)."""
     paths = []
@@ -218,6 +235,7 @@ def draw_all(comparisons: Path, out: Path, extractions: Path | None = None) -> l
         for setting, metrics in CONSISTENCY.items():
             paths += [p for metric in metrics for p in consistency(table, setting, metric, out)]
         paths += lp_comparison(table, out)
+        paths += dataset_similarity(table, out)
         for setting, metrics in PROXIES.items():
             paths += [p for metric in metrics for p in proxy(table, setting, metric, out)]
     paths += ats_keep_rates(pd.read_csv(comparisons / "models.csv"), out)

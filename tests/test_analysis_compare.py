@@ -87,3 +87,20 @@ def test_rows_match_the_metrics_and_the_order_of_the_study(tmp_path, cpu_rng):
 def test_no_extraction_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="analysis.extract"):
         compare.main([str(tmp_path), str(tmp_path / "out")])
+
+
+def test_same_patterns_on_two_datasets_are_identical_maps(tmp_path, cpu_rng):
+    """The datasets setting compares dataset-averaged depth maps: the same model on two datasets gives the
+    identity values of SPEC §13 (KL 0, JSD 0, PCC 1, SCC 1, EMD 0, SIM 1)."""
+    rng = np.random.default_rng(int(cpu_rng.initial_seed()))
+    kept = [np.stack([rng.permutation(16)[:k] for _ in range(5)]) for k in (12, 8, 4)]
+    same = extraction("topk", 0.75, kept, [np.zeros((5, 16), np.int64)] * 3, 50.0, rng)
+    same.save(tmp_path / "a.npz")
+    same.dataset = "elsewhere"
+    same.save(tmp_path / "b.npz")
+    compare.main([str(tmp_path), str(tmp_path / "out"), "--settings", "datasets"])
+    value = pd.read_csv(tmp_path / "out" / "comparisons.csv").set_index("metric")["mean"]
+    expected = {"KL": 0, "JSD": 0, "JSD_study": 0, "PCC": 1, "SCC": 1, "EMD": 0, "SIM": 1}
+    assert value.to_dict() == pytest.approx(expected, abs=1e-9)
+    maps = np.load(tmp_path / "out" / "depth_maps.npz")
+    assert sorted(maps.files) == [f"demo|{TINY}/topk/r0.75", f"elsewhere|{TINY}/topk/r0.75"]
