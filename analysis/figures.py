@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from analysis.collate import METHODS  # noqa: E402
+from analysis.collate import BACKBONES, METHODS  # noqa: E402
 from analysis.compare import Model, find_models, load  # noqa: E402
 from analysis.metrics.correlation import correlate  # noqa: E402
 
@@ -215,13 +215,14 @@ def patterns(models: list[Model], out: Path, count: int = 3, seed: int = 0) -> l
             for row, model in zip(axes, reduced, strict=True):
                 maps = [torch.from_numpy(a[index].astype(np.int64)) for a in load(model.path).assignment]
                 drawn = [image] + [stage_overlay(image, m, patch) for m in maps]
-                titles = [f"{label(model.method)} r={model.keep_rate:g}"] + [f"block {b}" for b in model.blocks]
+                name = f"{BACKBONES.get(model.backbone, model.backbone)} {label(model.method)} r={model.keep_rate:g}"
+                titles = [name] + [f"block {b}" for b in model.blocks]
                 for ax in row:
                     ax.axis("off")
                 for ax, panel, title in zip(row[: len(drawn)], drawn, titles, strict=True):
                     ax.imshow(panel.permute(1, 2, 0).numpy())
                     ax.set_title(title, fontsize=8)
-            fig.suptitle(f"{dataset}, image {index}: {reduced[0].backbone}", fontsize=9)
+            fig.suptitle(f"{dataset}, image {index}", fontsize=9)
             paths += save(fig, out, f"patterns_{dataset}_{index}")
     return paths
 
