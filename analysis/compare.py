@@ -279,7 +279,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="which comparisons")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    models = find_models(args.extractions)
+    try:
+        models = find_models(args.extractions)
+    except FileNotFoundError as error:
+        parser.error(str(error))
     args.out.mkdir(parents=True, exist_ok=True)
     table = compare(models, tuple(args.settings))
     table.to_csv(args.out / "comparisons.csv", index=False)

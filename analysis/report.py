@@ -103,9 +103,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paper", action="store_true", help="show the paper's Table 6 numbers beside ours")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.extract:
-        extract_runs(args.runs_dir, args.limit)
-    index = build(args.runs_dir, args.out_dir, args.paper)
+    try:
+        if args.extract:
+            extract_runs(args.runs_dir, args.limit)
+        index = build(args.runs_dir, args.out_dir, args.paper)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
     log.info("report: %s", index)
 
 

@@ -84,9 +84,10 @@ def test_rows_match_the_metrics_and_the_order_of_the_study(tmp_path, cpu_rng):
     assert (correlations.n == 1).all() and correlations.spearman.isna().all()  # one pair: no correlation
 
 
-def test_no_extraction_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="analysis.extract"):
+def test_no_extraction_files(tmp_path, capsys):
+    with pytest.raises(SystemExit):
         compare.main([str(tmp_path), str(tmp_path / "out")])
+    assert "python -m analysis.extract" in capsys.readouterr().err
 
 
 def test_same_patterns_on_two_datasets_are_identical_maps(tmp_path, cpu_rng):

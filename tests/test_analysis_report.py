@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from analysis import report
 
@@ -44,3 +45,9 @@ def test_report_from_two_tiny_runs(tmp_path):
     assert set(rates.model_a) == {"deit_tiny_patch16_224/dpc_knn/r0.7"}
     assert {"IoU", "IoA", "Homogeneity", "NMI", "Procrustes", "CKA", "PWCCA"} <= set(rates.metric)
     assert rates[rates.metric.isin(["IoU", "IoA", "Homogeneity", "NMI"])]["mean"].between(0, 1).all()
+
+
+def test_report_of_a_missing_folder_says_what_is_expected(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "nothing"), str(tmp_path / "out")])
+    assert "--output-dir of train/main.py" in capsys.readouterr().err
