@@ -16,10 +16,12 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import collate, compare, extract, figures
+from analysis.metrics.correlation import MIN_PAIRS
 
 log = logging.getLogger(__name__)
 
 EXTRACTION = "extraction.npz"
+SHOWN = 200  # correlation rows on the page
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1, h2 { font-weight: 600; } img { max-width: 100%; border: 1px solid #eee; }
@@ -79,8 +81,11 @@ def build(runs_dir: Path, out: Path, paper: bool) -> Path:
             means = table.pivot_table(index=["setting", "metric"], columns="block", values="mean", aggfunc="mean")
             parts.append(summary_table(means, "Mean over pairs per setting, metric and block (-1: whole-image maps)."))
         correlations = pd.read_csv(comparisons / "correlations.csv")
-        if not correlations.empty:
-            parts.append(summary_table(correlations, "Correlation of each metric with the score difference A − B."))
+        defined = correlations[correlations.n >= MIN_PAIRS]
+        if not defined.empty:
+            caption = f"Correlation of each metric with the score difference A − B (groups of ≥ {MIN_PAIRS} pairs"
+            caption += f"; the first {SHOWN} rows, all in the CSV)." if len(defined) > SHOWN else ")."
+            parts.append(summary_table(defined.head(SHOWN), caption))
         pngs = [p for p in figures.draw_all(comparisons, out / "figures", runs_dir) if p.suffix == ".png"]
         parts.append("<h2>Figures</h2>" + "\n".join(figure_html(p, out) for p in pngs))
     else:
