@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 BASELINE = "deit"
 METRICS = {"map": "mAP", "acc1": "top1"}  # metrics.jsonl key suffix → the paper CSV's metric name
 KEY = ["backbone", "dataset", "method", "keep_rate"]
-COLUMNS = [*KEY, "metric", "value", "source", "best_epoch", "epochs", "epochs_planned", "run"]
+COLUMNS = [*KEY, "metric", "value", "source", "best_epoch", "selected_on", "epochs", "epochs_planned", "run"]
 
 
 def _finite(value: object) -> bool:
@@ -28,7 +28,8 @@ def read_run(folder: Path) -> dict[str, object]:
 
     The score is chosen as the study chose it (SPEC §5.6): the best over epochs of the model's and the EMA's
     evaluation on the test split (``test_acc1``/``ema_test_acc1``, or ``test_map``/``ema_test_map``); ties go to
-    the earlier epoch, the model before its EMA. Held-out scores, when the run has them, are not used.
+    the earlier epoch, the model before its EMA. A run trained with ``--heldout-fraction`` selects instead on its
+    held-out split (``heldout_*``), as its best checkpoint did, and reports the test score of that selection.
 
     Raises:
         ValueError: config.json or metrics.jsonl is missing, unreadable, or holds no test evaluation yet.
@@ -38,12 +39,14 @@ def read_run(folder: Path) -> dict[str, object]:
         lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
         backbone, dataset, reduction_loc = config["model"], config["dataset"], config["reduction_loc"]
         method, keep_rate = (BASELINE, 1.0) if not reduction_loc else (config["method"], float(config["r"]))
-        found = {
+        heldout = any(key.startswith("heldout_") for line in lines for key in line)
+        split = "heldout" if heldout else "test"
+        found = {  # (selection score, test score, source, epoch)
             suffix: [
-                (line[f"{prefix}test_{suffix}"], source, line["epoch"])
+                (line[f"{prefix}{split}_{suffix}"], line[f"{prefix}test_{suffix}"], source, line["epoch"])
                 for line in lines
                 for prefix, source in (("", "model"), ("ema_", "ema"))
-                if _finite(line.get(f"{prefix}test_{suffix}"))
+                if _finite(line.get(f"{prefix}test_{suffix}")) and _finite(line.get(f"{prefix}{split}_{suffix}"))
             ]
             for suffix in METRICS
         }
@@ -54,7 +57,7 @@ def read_run(folder: Path) -> dict[str, object]:
     suffix = next((suffix for suffix, scores in found.items() if scores), None)
     if suffix is None:
         raise ValueError(f"{folder}: metrics.jsonl holds no test evaluation (test_acc1 or test_map) yet")
-    value, source, epoch = max(found[suffix], key=lambda score: score[0])
+    _, value, source, epoch = max(found[suffix], key=lambda score: score[0])
     return {
         "backbone": backbone,
         "dataset": dataset,
@@ -64,6 +67,7 @@ def read_run(folder: Path) -> dict[str, object]:
         "value": float(value),
         "source": source,
         "best_epoch": epoch,
+        "selected_on": split,
         "epochs": len({line["epoch"] for line in lines if f"test_{suffix}" in line}),
         "epochs_planned": config.get("epochs"),
         "run": str(folder),

@@ -218,3 +218,15 @@ def test_command_line(runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit) as exit_:
         collate.main(["--help"])
     assert exit_.value.code == 0 and "--paper" in capsys.readouterr().out
+
+
+def test_a_held_out_split_selects_the_reported_test_score(tmp_path: Path):
+    """With held-out evaluations the epoch and source are chosen on them (epoch 1's EMA: 55.0), and the test score
+    of that choice is reported (71.0), not the best test score (74.0 at epoch 0)."""
+    lines = [
+        {"test_acc1": 74.0, "ema_test_acc1": 70.0, "heldout_acc1": 50.0, "ema_heldout_acc1": 49.0},
+        {"test_acc1": 72.0, "ema_test_acc1": 71.0, "heldout_acc1": 54.0, "ema_heldout_acc1": 55.0},
+    ]
+    write_run(tmp_path / "held", SMALL, "imagenet", "topk", 0.5, lines)
+    (row,) = collate.collect_runs(tmp_path).to_dict("records")
+    assert (row["value"], row["best_epoch"], row["source"], row["selected_on"]) == (71.0, 1, "ema", "heldout")
