@@ -64,9 +64,11 @@ def build(runs_dir: Path, out: Path, paper: bool) -> Path:
     tables.mkdir(exist_ok=True)
     runs.to_csv(tables / "runs.csv", index=False)
     parts.append('<h2>Performance (Table 6 layout)</h2><p><a href="tables/runs.csv">all runs (CSV)</a></p>')
+    parts.append(f"<style>{collate.TABLE6_CSS}</style>")
     for backbone in sorted(set(runs["backbone"])):
         collate.write_backbone(runs, backbone, tables, paper)
-        parts.append((tables / f"table6_{backbone}.html").read_text())
+        fragment = (tables / f"table6_{backbone}.html").read_text()
+        parts.append(fragment[fragment.index("</style>") + len("</style>") :])  # the style once, above
     models = compare.find_models(runs_dir) if any(runs_dir.rglob("*.npz")) else []
     if models:
         comparisons = out / "comparisons"
