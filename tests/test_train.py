@@ -65,7 +65,7 @@ def test_one_process_run_writes_metrics_checkpoints_and_evaluates(tmp_path):
     assert (run / "kept_tokens.png").read_bytes()[:4] == b"\x89PNG"
     evaluated = finish(train(["--eval", "--resume", str(run / "checkpoint.pth"), "--method", "topk"], tmp_path))
     assert f'"acc1": {metrics[-1]["test_acc1"]}' in evaluated, evaluated[-500:]
-    assert "identical parameters" in out
+    assert "identical parameters" in out and '"test_acc1"' in out.split("before training: ")[1].splitlines()[0]
 
 
 def test_two_gloo_processes_stay_in_sync(tmp_path):

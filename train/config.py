@@ -73,6 +73,7 @@ class TrainConfig:
     output_dir: str = option("runs", "folder of run directories")
     run_name: str | None = option(None, "run directory name (default: <model>_<method>_r<r>)")
     resume: str | None = option(None, "'auto' (the run's last checkpoint, if any) or a checkpoint path")
+    eval_at_start: bool = option(True, "evaluate before training (logged; not in metrics.jsonl)")
     log_every: int = option(50, "log the training loss every this many optimizer steps")
     tensorboard: bool = option(False, "also write TensorBoard scalars to the run directory")
     checkpoint_every: int = option(200, "write the last checkpoint every this many optimizer steps (and each epoch)")

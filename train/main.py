@@ -175,6 +175,16 @@ def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dic
     )
     records = RunLog(run_dir, rank, config.tensorboard)
     selection = f"{next(iter(eval_loaders))}_{data.metric}"  # held-out split when there is one, else test
+
+    def evaluation(prefix: str, net: torch.nn.Module) -> dict[str, float]:
+        return {
+            f"{prefix}{split}_{name}": value
+            for split, loader in eval_loaders.items()
+            for name, value in evaluate(net, loader, config, rank, data.multi_label).items()
+        }
+
+    if config.eval_at_start and progress.step == 0:
+        records.start(evaluation("", model))
     reseed(config, rank, progress.step)
 
     def save(path: Path) -> None:
@@ -205,12 +215,9 @@ def run(config: TrainConfig, device: torch.device, rank: int, world: int) -> dic
         train_loss = train_one_epoch(
             trained, model, train_loader, optimizer, scheduler, scaler, ema, loss, config, progress, rank, on_step
         )
-        metrics = {"epoch": progress.epoch, "step": progress.step, "train_loss": train_loss}
-        for split, loader in eval_loaders.items():
-            for prefix, net in (("", model), ("ema_", ema.module if ema is not None else None)):
-                if net is not None:
-                    scores = evaluate(net, loader, config, rank, data.multi_label)
-                    metrics |= {f"{prefix}{split}_{k}": v for k, v in scores.items()}
+        metrics = {"epoch": progress.epoch, "step": progress.step, "train_loss": train_loss, **evaluation("", model)}
+        if ema is not None:
+            metrics |= evaluation("ema_", ema.module)
         metrics["unreadable_images"] = unreadable_images(data, device)
         progress.epoch, progress.micro = progress.epoch + 1, 0
         score, source = max((metrics[selection], "model"), (metrics.get(f"ema_{selection}", float("-inf")), "ema"))

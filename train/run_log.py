@@ -30,6 +30,13 @@ class RunLog:
             for name, value in scalars.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
 
+    def start(self, metrics: dict[str, float]) -> None:
+        """The evaluation before training (step 0): logged and in TensorBoard, not in metrics.jsonl."""
+        log.info("before training: %s", json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"epoch/{name}", value, 0)
+
     def epoch(self, metrics: dict[str, float]) -> None:
         """One epoch's metrics: a line of metrics.jsonl, metrics.csv rewritten from it, TensorBoard scalars."""
         log.info("epoch %d: %s", metrics["epoch"], json.dumps({k: round(v, 4) for k, v in metrics.items()}))
