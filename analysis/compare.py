@@ -125,6 +125,7 @@ def pairs(models: list[Model], setting: str) -> list[tuple[Model, Model]]:
     return [(a, b) for a, b in itertools.permutations(models, 2) if comparable(a, b, setting)]
 
 
+@cache
 def depth_map(model: Model) -> np.ndarray:
     """[grid, grid] mean token depth over the images, for pruning methods (and the K-Medoids / DPC-KNN centres);
     the baseline has the full depth everywhere."""

@@ -69,8 +69,7 @@ def build(runs_dir: Path, out: Path, paper: bool) -> Path:
         collate.write_backbone(runs, backbone, tables, paper)
         fragment = (tables / f"table6_{backbone}.html").read_text()
         parts.append(fragment[fragment.index("</style>") + len("</style>") :])  # the style once, above
-    models = compare.find_models(runs_dir) if any(runs_dir.rglob("*.npz")) else []
-    if models:
+    if any(runs_dir.rglob("*.npz")):
         comparisons = out / "comparisons"
         compare.main([str(runs_dir), str(comparisons)])
         table = pd.read_csv(comparisons / "comparisons.csv")
