@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import tokred
 from analysis.runs import BASELINE, KEY, collect_runs
 
 log = logging.getLogger("analysis.collate")
@@ -24,10 +25,8 @@ log = logging.getLogger("analysis.collate")
 PAPER_CSV = Path(__file__).parent / "data" / "paper_table6.csv"
 DATASETS = {"imagenet": "ImageNet", "nabirds": "NABirds", "coco": "COCO", "nuswide": "NUS-WIDE"}
 KEEP_RATES = (0.25, 0.5, 0.7, 0.9)
-# The paper's rows: method key → name, in its order.
-METHODS = {"l1": "ℓ1", "l2": "ℓ2", "linf": "ℓ∞", "topk": "Top-K", "evit": "EViT", "dynamicvit": "DynamicViT",
-           "ats": "ATS", "tome": "ToMe", "kmedoids": "K-Medoids", "dpc_knn": "DPC-KNN", "sit": "SiT",
-           "patchmerger": "PatchMerger", "sinkhorn": "Sinkhorn"}  # fmt: skip
+METHODS = {key: reducer.info.name for key, reducer in tokred.METHODS.items()}
+"""The paper's rows: method key → display name, in its order."""
 BACKBONES = {"deit_tiny_patch16_224": "DeiT-T", "deit_small_patch16_224": "DeiT-S", "deit_base_patch16_224": "DeiT-B"}
 SOURCES = ("ours", "paper", "difference")
 LEGEND = "bold: above the DeiT baseline; ▲1 ▲2 ▲3: best three; ▼1 ▼2 ▼3: worst three (▼1 the lowest)"

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+import tokred
 from analysis.extraction import Extraction
 from analysis.metrics import (
     HEATMAP_METRICS,
@@ -45,16 +46,8 @@ from analysis.metrics.features import compare_features
 log = logging.getLogger(__name__)
 
 SETTINGS = ("rates", "capacity", "models", "datasets")
-PRUNING = frozenset({"l1", "l2", "linf", "topk", "evit", "dynamicvit", "ats", "kmedoids", "dpc_knn"})
-"""Methods whose stages keep original patches (the cluster centres for K-Medoids and DPC-KNN): IoU / IoA."""
-MERGING = frozenset({"tome", "kmedoids", "dpc_knn", "sit", "patchmerger", "sinkhorn"})
-"""Methods whose stages partition the patches: homogeneity, completeness, NMI."""
-FIXED_COUNT = frozenset({"topk", "evit", "dynamicvit", "kmedoids", "dpc_knn"})
-"""Pruning with exactly floor(P r^s) kept patches, where the IoU / IoA lower bounds hold."""
-ANY_RATE = frozenset({"l1", "l2", "linf", "ats", "deit"})
-"""Compared with models at every r in the models setting (the study's "continuous" models and the baseline)."""
-DEPTH_MAPS = frozenset({"topk", "evit", "dynamicvit", "ats", "kmedoids", "dpc_knn"})
-"""Methods whose dataset-averaged patterns are compared across datasets (SPEC §9.4)."""
+BASELINE = tokred.MethodInfo("DeiT", "no reduction", any_rate=True, input_dependent=False)
+"""The unreduced baseline ("deit"): compared with models at every r."""
 FEATURE_BLOCKS = (3, 6, 9, 11)
 CAPACITIES = ("tiny", "small", "base", "large", "huge")
 PAIR = ["setting", "dataset_a", "dataset_b", "model_a", "model_b", "method_a", "method_b", "backbone_a", "backbone_b"]
@@ -99,6 +92,11 @@ def find_models(root: Path) -> list[Model]:
     return models
 
 
+def traits(method: str) -> tokred.MethodInfo:
+    """What the comparisons need to know of ``method`` (see :class:`tokred.MethodInfo`)."""
+    return BASELINE if method == "deit" else tokred.method_info(method)
+
+
 @cache
 def load(path: Path) -> Extraction:
     return Extraction.load(path)
@@ -108,7 +106,7 @@ def comparable(a: Model, b: Model, setting: str) -> bool:
     """Whether the study compares A with B (in this order) in ``setting`` (see the module docstring)."""
     if setting == "datasets":
         same = (a.backbone, a.method, a.keep_rate, a.blocks) == (b.backbone, b.method, b.keep_rate, b.blocks)
-        return same and a.dataset < b.dataset and a.method in DEPTH_MAPS
+        return same and a.dataset < b.dataset and has_depth_map(a.method)
     if a.dataset != b.dataset:
         return False
     if setting == "rates":
@@ -116,8 +114,15 @@ def comparable(a: Model, b: Model, setting: str) -> bool:
     if setting == "capacity":
         larger = a.capacity is not None and b.capacity is not None and a.capacity > b.capacity
         return (a.method, a.keep_rate, a.blocks) == (b.method, b.keep_rate, b.blocks) and larger
-    any_rate = a.method in ANY_RATE or b.method in ANY_RATE
+    any_rate = traits(a.method).any_rate or traits(b.method).any_rate
     return a.backbone == b.backbone and a.method != b.method and (any_rate or a.keep_rate == b.keep_rate)
+
+
+def has_depth_map(method: str) -> bool:
+    """Whether the dataset-averaged patterns of ``method`` are compared across datasets (SPEC §9.4): methods
+    that keep patches, chosen per image."""
+    info = traits(method)
+    return info.keeps_patches and info.input_dependent
 
 
 def pairs(models: list[Model], setting: str) -> list[tuple[Model, Model]]:
@@ -148,15 +153,15 @@ def pattern_rows(a: Model, b: Model, setting: str) -> Iterator[dict]:
     if len(a.blocks) != len(b.blocks):
         return
     bounds = None
-    if setting == "rates" and a.method in FIXED_COUNT:
+    if setting == "rates" and traits(a.method).fixed_count:
         bounds = pruning_lower_bounds(a.keep_rate, b.keep_rate, len(a.blocks), ea.grid**2)
     for stage, block in enumerate(a.blocks):
         values: dict[str, np.ndarray] = {}
-        if a.method in PRUNING and b.method in PRUNING:
+        if traits(a.method).keeps_patches and traits(b.method).keeps_patches:
             values["IoU"] = iou(ea.representatives[stage], eb.representatives[stage])
             if setting != "models":
                 values["IoA"] = ioa(ea.representatives[stage], eb.representatives[stage])
-        if a.method in MERGING and b.method in MERGING:
+        if traits(a.method).partitions and traits(b.method).partitions:
             # rates: labels_true = the lower-r model B (SPEC §9.2); capacity and models: model A
             true, pred = (eb, ea) if setting == "rates" else (ea, eb)
             h, c, v = homogeneity_completeness_v(true.assignment[stage], pred.assignment[stage])
@@ -289,7 +294,9 @@ def main(argv: list[str] | None = None) -> None:
     table.to_csv(args.out / "comparisons.csv", index=False)
     correlations(table).to_csv(args.out / "correlations.csv", index=False)
     model_table(models).to_csv(args.out / "models.csv", index=False)
-    depth_maps = {f"{m.dataset}|{m.name}": depth_map(m) for m in models if m.method in PRUNING | {"deit"}}
+    depth_maps = {
+        f"{m.dataset}|{m.name}": depth_map(m) for m in models if traits(m.method).keeps_patches or m.method == "deit"
+    }
     np.savez_compressed(args.out / "depth_maps.npz", **depth_maps)
     log.info("%d models, %d comparison rows → %s", len(models), len(table), args.out)
 

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+import tokred  # noqa: E402
 from analysis.collate import BACKBONES, METHODS  # noqa: E402
 from analysis.compare import Model, find_models, load  # noqa: E402
 from analysis.metrics.correlation import correlate  # noqa: E402
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 CONSISTENCY = {"rates": ("IoA", "Homogeneity"), "capacity": ("IoU", "NMI")}
 PROXIES = {"models": ("IoU", "NMI", "Procrustes", "CKA", "PWCCA")}
-LP = ("l1", "l2", "linf")
+LP = tuple(key for key, reducer in tokred.METHODS.items() if not reducer.info.input_dependent)
+"""The fixed radial patterns (ℓ1, ℓ2, ℓ∞)."""
 
 
 def label(method: str) -> str:

@@ -215,7 +215,8 @@ BAD = [
     (dict(method="kmedoids", reduction_loc=(0, 3)), ValueError, r"must lie in \[1, 9\]"),
     (dict(method="kmeans"), ValueError, "unknown method 'kmeans'"),
     (dict(method="dpc_knn", options=dict(tie_break="coin")), ValueError, "tie_break"),
-    (dict(method="ats", options=dict(shape="round")), TypeError, "bad option for method 'ats'"),
+    (dict(method="ats", options=dict(shape="round")), TypeError, "method 'ats' has no option 'shape'; 'ats' takes rule"),
+    (dict(method="tome", options=dict(rounds="False")), TypeError, "option 'rounds' of method 'tome' takes a bool"),
 ]
 
 

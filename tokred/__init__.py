@@ -3,17 +3,19 @@
 from tokred import ops
 from tokred.models import create_backbone, create_model
 from tokred.patch import ReducingVisionTransformer, patch
-from tokred.reducers import METHODS, DynamicViTLoss
+from tokred.reducers import METHODS, DynamicViTLoss, MethodInfo, method_info
 from tokred.trace import StageTrace, Trace
 
 __all__ = [
     "METHODS",
     "DynamicViTLoss",
+    "MethodInfo",
     "ReducingVisionTransformer",
     "StageTrace",
     "Trace",
     "create_backbone",
     "create_model",
+    "method_info",
     "ops",
     "patch",
 ]

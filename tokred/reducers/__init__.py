@@ -5,13 +5,14 @@ from collections.abc import Sequence
 from torch import nn
 
 from tokred.reducers.ats import ATS
-from tokred.reducers.base import Reducer
+from tokred.reducers.base import MethodInfo, Reducer
 from tokred.reducers.dpc_knn import DPCKNN
 from tokred.reducers.dynamicvit import DynamicViT, DynamicViTLoss
 from tokred.reducers.evit import EViT
 from tokred.reducers.kmedoids import KMedoids
+from tokred.reducers.options import Option, check_options, method_options, parse_method_options
 from tokred.reducers.patch_merger import PatchMerger
-from tokred.reducers.radial import Radial
+from tokred.reducers.radial import L1Pattern, L2Pattern, LinfPattern
 from tokred.reducers.sinkhorn import Sinkhorn
 from tokred.reducers.sit import SiT
 from tokred.reducers.tome import ToMe
@@ -19,9 +20,9 @@ from tokred.reducers.topk import TopK
 from tokred.schedule import check_reduction_loc, stage_targets
 
 METHODS: dict[str, type[Reducer]] = {
-    "l1": Radial,
-    "l2": Radial,
-    "linf": Radial,
+    "l1": L1Pattern,
+    "l2": L2Pattern,
+    "linf": LinfPattern,
     "topk": TopK,
     "evit": EViT,
     "dynamicvit": DynamicViT,
@@ -33,6 +34,26 @@ METHODS: dict[str, type[Reducer]] = {
     "patchmerger": PatchMerger,
     "sinkhorn": Sinkhorn,
 }
+"""Method name → reducer class, in the study's order."""
+
+
+def method_info(method: str) -> MethodInfo:
+    """The :class:`MethodInfo` of ``method``; "deit" (the unreduced baseline) has none."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    return METHODS[method].info
+
+
+def options_of(method: str) -> dict[str, Option]:
+    """The options ``method`` takes (name → type and default), from its reducer's signature."""
+    method_info(method)  # names the choices for an unknown method
+    return method_options(METHODS[method])
+
+
+def parse_options(method: str, items: Sequence[str]) -> dict[str, object]:
+    """``["key=value", ...]`` → the typed options of ``method`` (ValueError naming its options)."""
+    method_info(method)
+    return parse_method_options(method, METHODS[method], items)
 
 
 def build_reducers(
@@ -50,13 +71,17 @@ def build_reducers(
     kind = METHODS[method]
     loc = check_reduction_loc(reduction_loc, depth, first=kind.first_block)
     targets = stage_targets(keep_rate, len(loc), num_patches)
-    if kind is Radial:
-        options = {**options, "norm": method}
-    try:
-        stages = kind.stages(dim, targets, num_patches, **options)
-    except TypeError as error:
-        raise TypeError(f"bad option for method {method!r}: {error}") from error
+    stages = kind.stages(dim, targets, num_patches, **check_options(method, kind, options))
     return nn.ModuleDict({str(block): stage for block, stage in zip(loc, stages, strict=True)})
 
 
-__all__ = ["METHODS", "DynamicViTLoss", "Reducer", "build_reducers"]
+__all__ = [
+    "METHODS",
+    "DynamicViTLoss",
+    "MethodInfo",
+    "Reducer",
+    "build_reducers",
+    "method_info",
+    "options_of",
+    "parse_options",
+]

@@ -4,7 +4,7 @@ from torch import Tensor
 
 from tokred import ops
 from tokred.attention import AttentionExtras
-from tokred.reducers.base import Details, Reducer
+from tokred.reducers.base import Details, MethodInfo, Reducer
 from tokred.state import TokenState
 
 
@@ -17,6 +17,8 @@ class ATS(Reducer):
         trim: drop padding columns no image uses, as the study did (one host sync per stage); False keeps the
             sequence at the upper bound, free of syncs (for torch.compile / CUDA graphs).
     """
+
+    info = MethodInfo("ATS", "adaptive pruning", keeps_patches=True, any_rate=True)
 
     hook = "in"
     needs = frozenset({"cls_attn", "value_norm"})

@@ -1,5 +1,6 @@
 """The contract every reduction method follows."""
 
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from torch import Tensor, nn
@@ -8,6 +9,32 @@ from tokred.attention import AttentionExtras
 from tokred.state import TokenState
 
 Details = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a method is, declared once by its reducer class and read by training, analysis and reports.
+
+    Attributes:
+        name: the study's display name ("Top-K", "ℓ∞").
+        family: how it reduces, as the README's methods table says ("pruning", "hard merge", ...).
+        keeps_patches: its stages keep original patches (K-Medoids, DPC-KNN: the cluster centres), so the
+            trace's ``kept`` / ``representatives`` name them: compared with IoU / IoA.
+        partitions: its stages partition the patches into tokens (the trace's ``assignment``): compared with
+            homogeneity, completeness and NMI.
+        fixed_count: it keeps exactly K_s patches per stage, where the IoU / IoA lower bounds hold.
+        any_rate: the study compares it with models at every keep rate (fixed patterns, ATS's adaptive count).
+        input_dependent: what it keeps depends on the image (False for the fixed radial patterns), so its
+            dataset-averaged patterns are worth comparing across datasets.
+    """
+
+    name: str
+    family: str
+    keeps_patches: bool = False
+    partitions: bool = False
+    fixed_count: bool = False
+    any_rate: bool = False
+    input_dependent: bool = True
 
 
 class Reducer(nn.Module):
@@ -22,6 +49,7 @@ class Reducer(nn.Module):
     hook: ClassVar[Literal["pre", "in"]] = "pre"
     needs: ClassVar[frozenset[str]] = frozenset()
     first_block: ClassVar[int] = 0  # the earliest block a stage may sit in
+    info: ClassVar[MethodInfo]
 
     @classmethod
     def stages(cls, dim: int, targets: list[int], num_patches: int, **options: object) -> list["Reducer"]:

@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from tokred import ops
 from tokred.attention import AttentionExtras
-from tokred.reducers.base import Details, Reducer
+from tokred.reducers.base import Details, MethodInfo, Reducer
 from tokred.state import TokenState
 
 
@@ -17,6 +17,8 @@ class DPCKNN(Reducer):
         k_neighbors: neighbours in the density (the study: 5, self included).
         tie_break: "index" (deterministic) or "noise" (the study's U(0, 1)·1e-6 added to the densities).
     """
+
+    info = MethodInfo("DPC-KNN", "hard merge", keeps_patches=True, partitions=True, fixed_count=True)
 
     def __init__(self, dim: int, target: int, k_neighbors: int = 5, tie_break: str = "index") -> None:
         super().__init__(dim, target)

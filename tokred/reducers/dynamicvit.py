@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokred.attention import AttentionExtras
-from tokred.reducers.base import Details, Reducer
+from tokred.reducers.base import Details, MethodInfo, Reducer
 from tokred.state import TokenState
 
 
@@ -46,6 +46,8 @@ class DynamicViT(Reducer):
         eps_in_denominator: put the predictor's 1e-6 in the denominator of its global mean (the study adds
             it after the division).
     """
+
+    info = MethodInfo("DynamicViT", "learned pruning", keeps_patches=True, fixed_count=True)
 
     def __init__(self, dim: int, target: int, eps_in_denominator: bool = False) -> None:
         super().__init__(dim, target)

@@ -4,13 +4,15 @@ import torch
 from torch import Tensor
 
 from tokred.attention import AttentionExtras
-from tokred.reducers.base import Details, Reducer, class_attention
+from tokred.reducers.base import Details, MethodInfo, Reducer, class_attention
 from tokred.state import TokenState
 
 
 class EViT(Reducer):
     """In-block: keep the ``target`` most attended spatial tokens (descending score) and append one fused
     token Σ a_j x_j over the others, weighted by their raw class attention a_j (not renormalised)."""
+
+    info = MethodInfo("EViT", "pruning + fusion", keeps_patches=True, fixed_count=True)
 
     hook = "in"
     needs = frozenset({"cls_attn"})

@@ -4,7 +4,7 @@ from torch import Tensor
 
 from tokred import ops
 from tokred.attention import AttentionExtras
-from tokred.reducers.base import Details, Reducer
+from tokred.reducers.base import Details, MethodInfo, Reducer
 from tokred.state import TokenState
 
 
@@ -16,6 +16,8 @@ class KMedoids(Reducer):
         iters: update iterations (the study: 3).
         rule: "paper" (the study's update) or "medoid" (textbook medoid of each cluster).
     """
+
+    info = MethodInfo("K-Medoids", "hard merge", keeps_patches=True, partitions=True, fixed_count=True)
 
     needs = frozenset({"received"})
     first_block = 1  # needs the attention map of the block before

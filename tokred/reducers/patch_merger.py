@@ -4,12 +4,14 @@ import torch
 from torch import Tensor, nn
 
 from tokred.attention import AttentionExtras
-from tokred.reducers.base import Details, Reducer
+from tokred.reducers.base import Details, MethodInfo, Reducer
 from tokred.state import TokenState
 
 
 class PatchMerger(Reducer):
     """Pre-block: x̂ = LN(x); K learned queries Q (init N(0, 1)); output softmax_N(Q x̂ᵀ) x̂ (scale 1)."""
+
+    info = MethodInfo("PatchMerger", "soft merge", partitions=True)
 
     def __init__(self, dim: int, target: int) -> None:
         super().__init__(dim, target)

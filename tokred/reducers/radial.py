@@ -1,12 +1,13 @@
 """Fixed radial patterns ℓ1, ℓ2, ℓ∞: keep the patches nearest the image centre (SPEC §3.1)."""
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from tokred.attention import AttentionExtras
-from tokred.reducers.base import Details, Reducer
+from tokred.reducers.base import Details, MethodInfo, Reducer
 from tokred.state import TokenState
 
 
@@ -32,28 +33,27 @@ def shell_threshold(distance: Tensor, target: int) -> int:
 class Radial(Reducer):
     """Pre-block: keep the patches inside the radial shell whose size is nearest the stage target; the kept
     sets are nested and the same for every image. Tokens are gathered, not masked (same class-token output,
-    less compute). ``keep`` holds this stage's indices among the previous stage's kept patches."""
+    less compute). ``keep`` holds this stage's indices among the previous stage's kept patches. One subclass
+    per norm."""
 
+    norm: ClassVar[str]
     keep: Tensor
 
-    def __init__(self, dim: int, target: int, keep: Tensor, norm: str) -> None:
+    def __init__(self, dim: int, target: int, keep: Tensor) -> None:
         super().__init__(dim, len(keep))
-        self.norm = norm
         self.register_buffer("keep", keep, persistent=False)
 
     @classmethod
-    def stages(cls, dim: int, targets: list[int], num_patches: int, norm: str = "l2") -> list[Reducer]:  # type: ignore[override]
-        if norm not in ("l1", "l2", "linf"):
-            raise ValueError(f"norm must be 'l1', 'l2' or 'linf', got {norm!r}")
+    def stages(cls, dim: int, targets: list[int], num_patches: int) -> list[Reducer]:  # type: ignore[override]
         grid = math.isqrt(num_patches)
         if grid * grid != num_patches:
             raise ValueError(f"radial patterns need a square patch grid, got {num_patches} patches")
-        distance = radial_distance(grid, norm)
+        distance = radial_distance(grid, cls.norm)
         previous = torch.arange(num_patches)
         stages: list[Reducer] = []
         for target in targets:
             inside = distance[previous] <= shell_threshold(distance, target)
-            stages.append(cls(dim, target, torch.nonzero(inside).flatten(), norm))
+            stages.append(cls(dim, target, torch.nonzero(inside).flatten()))
             previous = previous[inside]
         return stages
 
@@ -63,3 +63,24 @@ class Radial(Reducer):
 
     def extra_repr(self) -> str:
         return f"norm={self.norm}, keeps={self.target}"
+
+
+class L1Pattern(Radial):
+    """The ℓ1 (diamond) pattern."""
+
+    norm = "l1"
+    info = MethodInfo("ℓ1", "fixed pruning", keeps_patches=True, any_rate=True, input_dependent=False)
+
+
+class L2Pattern(Radial):
+    """The ℓ2 (disc) pattern."""
+
+    norm = "l2"
+    info = MethodInfo("ℓ2", "fixed pruning", keeps_patches=True, any_rate=True, input_dependent=False)
+
+
+class LinfPattern(Radial):
+    """The ℓ∞ (square) pattern."""
+
+    norm = "linf"
+    info = MethodInfo("ℓ∞", "fixed pruning", keeps_patches=True, any_rate=True, input_dependent=False)

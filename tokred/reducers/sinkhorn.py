@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from tokred import ops
 from tokred.attention import AttentionExtras
-from tokred.reducers.base import Details, Reducer
+from tokred.reducers.base import Details, MethodInfo, Reducer
 from tokred.state import TokenState
 
 
@@ -23,6 +23,8 @@ class Sinkhorn(Reducer):
         unit_tokens: merge the unit-normalised tokens (the study) or, when False, the tokens as they are.
         ``marginals="balanced", merge="mean", unit_tokens=False`` is the fixed mode of SPEC §10.4.
     """
+
+    info = MethodInfo("Sinkhorn", "soft merge", partitions=True)
 
     def __init__(
         self,

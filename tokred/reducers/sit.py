@@ -4,13 +4,15 @@ import torch
 from torch import Tensor, nn
 
 from tokred.attention import AttentionExtras
-from tokred.reducers.base import Details, Reducer
+from tokred.reducers.base import Details, MethodInfo, Reducer
 from tokred.state import TokenState
 
 
 class SiT(Reducer):
     """Pre-block: logits G = MLP(LN(x)) [B, N, K] with a learned temperature τ (init 1); each output token is
     the convex combination softmax_N(τ G)ᵀ x of the input tokens."""
+
+    info = MethodInfo("SiT", "soft merge", partitions=True)
 
     def __init__(self, dim: int, target: int) -> None:
         super().__init__(dim, target)

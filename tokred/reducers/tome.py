@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from tokred.attention import AttentionExtras
-from tokred.reducers.base import Details, Reducer
+from tokred.reducers.base import Details, MethodInfo, Reducer
 from tokred.state import TokenState
 
 
@@ -47,6 +47,8 @@ class ToMe(Reducer):
             ends at 25 tokens, r = 0.25 at 98/61/52). True: repeat rounds, merging the keys as well, until
             the stage's removal is reached.
     """
+
+    info = MethodInfo("ToMe", "hard merge", partitions=True)
 
     hook = "in"
     needs = frozenset({"keys"})

@@ -3,13 +3,15 @@
 from torch import Tensor
 
 from tokred.attention import AttentionExtras
-from tokred.reducers.base import Details, Reducer, class_attention
+from tokred.reducers.base import Details, MethodInfo, Reducer, class_attention
 from tokred.state import TokenState
 
 
 class TopK(Reducer):
     """In-block: keep the ``target`` spatial tokens with the highest head-averaged class attention, in
     descending score order. A stage that would keep every token leaves the tokens as they are."""
+
+    info = MethodInfo("Top-K", "pruning", keeps_patches=True, fixed_count=True)
 
     hook = "in"
     needs = frozenset({"cls_attn"})
