@@ -53,7 +53,7 @@ inline void check_ats_args(const at::Tensor& scores, const at::Tensor& mask, int
 inline void check_per_token(const std::optional<at::Tensor>& t, const at::Tensor& x, const char* name) {
   if (!t) return;
   TORCH_CHECK(t->dim() == 2 && t->size(0) == x.size(0) && t->size(1) == x.size(1), "tokred: ", name,
-              " must have shape [B, N] = [", x.size(0), ", ", x.size(1), "], got ", t->sizes());
+              " must be a tensor of shape [B, N] = [", x.size(0), ", ", x.size(1), "], got ", t->sizes());
   check_same_device(*t, x, name, "x");
 }
 
@@ -66,12 +66,14 @@ inline void check_dpc_knn_args(const at::Tensor& x, int64_t num_clusters, int64_
   check_per_token(mask, x, "mask");
   TORCH_CHECK(!mask || mask->scalar_type() == at::kBool, "tokred: mask must be a bool tensor");
   check_per_token(noise, x, "noise");
+  if (noise) check_floating(*noise, "noise");
 }
 
 inline void check_kmedoids_args(const at::Tensor& x, const at::Tensor& weights, int64_t num_clusters, int64_t iters) {
   check_rank(x, 3, "x");
   check_floating(x, "x");
   check_per_token(weights, x, "weights");
+  check_floating(weights, "weights");
   check_clusters(num_clusters, x.size(1));
   TORCH_CHECK(iters >= 0, "tokred: iters must be non-negative, got ", iters);
 }
@@ -80,7 +82,8 @@ inline void check_sinkhorn_args(const at::Tensor& scores, double eps, int64_t it
   check_rank(scores, 3, "scores");
   check_floating(scores, "scores");
   TORCH_CHECK(eps > 0, "tokred: eps must be positive, got ", eps);
-  TORCH_CHECK(iters >= 0, "tokred: iters must be non-negative, got ", iters);
+  // T = 0 would run no column update, so the plan's columns would not sum to 1.
+  TORCH_CHECK(iters >= 1, "tokred: Sinkhorn iters must be at least 1, got ", iters);
 }
 
 inline void check_sinkhorn_backward_args(const at::Tensor& grad_plan, const at::Tensor& scores, const at::Tensor& u,
@@ -95,6 +98,9 @@ inline void check_sinkhorn_backward_args(const at::Tensor& grad_plan, const at::
   check_same_device(grad_plan, scores, "grad_plan", "scores");
   check_same_device(u, scores, "u", "scores");
   check_same_device(v, scores, "v", "scores");
+  check_floating(grad_plan, "grad_plan");
+  check_floating(u, "u");
+  check_floating(v, "v");
 }
 
 // ATS: "nearest" (the study) or "inverse" (textbook inverse transform).
@@ -109,15 +115,15 @@ inline bool kmedoids_paper(std::string_view rule) {
   return rule == "paper";
 }
 
-// Sinkhorn marginals: (log mu, log nu, log scale); see tokred/reference/sinkhorn.py.
-inline std::tuple<double, double, double> sinkhorn_log_marginals(int64_t k, int64_t n, std::string_view marginals) {
+// Sinkhorn marginals: (log mu, log nu); the plan is exp(z + u + v) / nu. See tokred/reference/sinkhorn.py.
+inline std::tuple<double, double> sinkhorn_log_marginals(int64_t k, int64_t n, std::string_view marginals) {
   TORCH_CHECK(marginals == "paper" || marginals == "balanced",
               "tokred: Sinkhorn marginals must be 'paper' or 'balanced', got '", marginals, "'");
   if (marginals == "paper") {
     const double total = std::log(static_cast<double>(k + n));
-    return {-total, -total, total};
+    return {-total, -total};
   }
-  return {-std::log(static_cast<double>(k)), -std::log(static_cast<double>(n)), std::log(static_cast<double>(n))};
+  return {-std::log(static_cast<double>(k)), -std::log(static_cast<double>(n))};
 }
 
 }  // namespace tokred

@@ -80,3 +80,32 @@ def test_density_peaks_by_hand():
     # the scale is 1/sqrt(C): the same points in 8 dims (zero-padded) have the same clustering
     wide = torch.nn.functional.pad(x, (0, 6)) * math.sqrt(4)
     assert torch.equal(ops.dpc_knn(wide, 2, k_neighbors=2).assignment, assignment)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_huge_n_refused_before_allocating(device, dtype):
+    """N = 10⁶ tokens need 10¹² distances per image, beyond any device's memory: a MemoryError stating the
+    workspace, raised before anything is allocated (x is a broadcast view of one element)."""
+    n = 10**6
+    x = torch.zeros(1, 1, 1, device=device, dtype=dtype).expand(2, n, 1)
+    images = min(2, torch.get_num_threads()) if device.type == "cpu" else 2
+    gib = images * n * n * (8 if dtype == torch.float64 else 4) / 2**30
+    with pytest.raises(MemoryError, match=rf"{images} distance matrices .* {gib:.1f} GiB at once for B = 2, N = {n}"):
+        ops.dpc_knn(x, 2)
+
+
+def test_workspace_rule(monkeypatch):
+    """Refused only when the matrices held at once exceed the device's memory: one per CPU thread in the CPU
+    kernel, one per image in the reference (and the CUDA kernel)."""
+    x = torch.randn(8, 64, 4)
+    matrix = 64 * 64 * 4
+    monkeypatch.setattr(ops, "_memory_and_threads", lambda device: (3 * matrix, 2))
+    assert_same_clustering(x, ops.dpc_knn(x, 4), reference.dpc_knn(x, 4), exact=False)
+    monkeypatch.setattr(ops, "has_kernel", lambda op, device: False)
+    monkeypatch.setattr(ops, "_warned_fallback", True)
+    with pytest.raises(MemoryError, match="8 distance matrices .*one per image"):
+        ops.dpc_knn(x, 4)
+    monkeypatch.undo()
+    monkeypatch.setattr(ops, "_memory_and_threads", lambda device: (matrix, 2))
+    with pytest.raises(MemoryError, match="2 distance matrices .*one per CPU thread"):
+        ops.dpc_knn(x, 4)

@@ -75,3 +75,12 @@ def test_update_rules_by_hand():
     w2 = torch.tensor([[1.0, 0.5, 0.05, 0.3, 0.9]])  # paper costs 24, 10.5, 1.0 -> token 2, not the middle one
     assert ops.kmedoids(x, w2, 2, 1, "paper").centres.tolist() == [[2, 3]]
     assert ops.kmedoids(x, w2, 2, 1, "medoid").centres.tolist() == [[1, 3]]
+
+
+def test_huge_n_refused_before_allocating(device):
+    """As DPC-KNN: N = 10⁶ tokens refused with the workspace's size before anything is allocated."""
+    n = 10**6
+    x, w = torch.zeros(1, 1, 1, device=device).expand(2, n, 1), torch.zeros(1, 1, device=device).expand(2, n)
+    images = min(2, torch.get_num_threads()) if device.type == "cpu" else 2
+    with pytest.raises(MemoryError, match=rf"kmedoids needs {images} distance .* {images * n * n * 4 / 2**30:.1f} GiB"):
+        ops.kmedoids(x, w, 2)

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils._pytree import tree_leaves
 
 from tokred import ops
 
@@ -125,7 +126,8 @@ BAD_CALLS = [
     (lambda: ops.kmedoids(x3, w2, 3, 3, "kmeans"), ValueError, "rule must be one of"),
     (lambda: ops.sinkhorn(z3, 0.0), ValueError, "eps must be positive"),
     (lambda: ops.sinkhorn(z3, -1.0), ValueError, "eps must be positive"),
-    (lambda: ops.sinkhorn(z3, 1.0, -2), ValueError, "iters must be >= 0"),
+    (lambda: ops.sinkhorn(z3, 1.0, -2), ValueError, "iters must be >= 1"),
+    (lambda: ops.sinkhorn(z3, 1.0, 0), ValueError, "iters must be >= 1"),
     (lambda: ops.sinkhorn(z3[0]), ValueError, "scores must have 3 dimensions"),
     (lambda: ops.sinkhorn(z3, 1.0, 3, "uniform"), ValueError, "marginals must be one of"),
     (lambda: ops.kmedoids(x3, w2.to("meta"), 3), ValueError, "weights is on meta but the input is on cpu"),
@@ -147,3 +149,85 @@ def test_kernel_checks_its_own_input():
         torch.ops.tokred.sinkhorn(z3, 0.0, 3, "paper")
     with pytest.raises(RuntimeError, match="rule must be"):
         torch.ops.tokred.kmedoids(x3, w2, 3, 3, "other")
+
+
+# ------------------------------------------------------------------------------ fake kernels, raw calls
+
+
+def on_meta(args: tuple, positions: set[int] | None = None) -> tuple:
+    """args with the tensors at ``positions`` (all by default) moved to the meta device."""
+    return tuple(
+        a.detach().to("meta") if isinstance(a, torch.Tensor) and (positions is None or i in positions) else a
+        for i, a in enumerate(args)
+    )
+
+
+def test_fake_kernels_give_the_kernels_shapes():
+    """On consistent meta inputs each fake kernel gives the CPU kernel's output shapes and dtypes."""
+    for name, args in sample_calls(torch.device("cpu")).items():
+        op = getattr(torch.ops.tokred, name)
+        want, got = tree_leaves(op(*args)), tree_leaves(op(*on_meta(args)))
+        for w, g in zip(want, got, strict=True):
+            assert (g.device.type, g.shape, g.dtype) == ("meta", w.shape, w.dtype), name
+
+
+def test_raw_calls_on_mixed_devices_refused():
+    """A meta tensor beside CPU ones sends the call to the fake kernel, which must refuse it, not return garbage."""
+    calls = sample_calls(torch.device("cpu"))
+    calls["dpc_knn"] = (*calls["dpc_knn"][:4], torch.rand(3, 20))  # with noise, to check it too
+    for name, args in calls.items():
+        op = getattr(torch.ops.tokred, name)
+        tensors = {i for i, a in enumerate(args) if isinstance(a, torch.Tensor)}
+        for i in tensors if len(tensors) > 1 else ():  # sinkhorn has one tensor: it cannot mix devices
+            with pytest.raises(ValueError, match="is on (meta|cpu) but the input is on (cpu|meta)"):
+                op(*on_meta(args, {i}))  # one meta tensor among CPU ones
+            with pytest.raises(ValueError, match="is on (meta|cpu) but the input is on (cpu|meta)"):
+                op(*on_meta(args, tensors - {i}))  # one CPU tensor among meta ones
+
+
+def bad_raw_calls() -> list[tuple[str, tuple, str]]:
+    """(op, CPU arguments the kernels refuse, a pattern both the kernel's and the fake kernel's message match)."""
+    x, w, z = torch.randn(2, 10, 4), torch.rand(2, 10), torch.randn(2, 3, 10)
+    mask = w > 0.5
+    _, u, v = torch.ops.tokred.sinkhorn(z, 1.0, 2, "paper")
+    return [
+        ("ats_sample", (w[0], mask[0], 3, "nearest"), "scores must have 2 dimensions"),
+        ("ats_sample", (w.long(), mask, 3, "nearest"), "scores must be .*floating"),
+        ("ats_sample", (w, w, 3, "nearest"), "mask must be a bool tensor"),
+        ("ats_sample", (w, mask[:, :9], 3, "nearest"), "mask must be a"),
+        ("ats_sample", (w, mask, 0, "nearest"), "num_samples must be"),
+        ("ats_sample", (w, mask, 3, "median"), "rule must be"),
+        ("dpc_knn", (w, 3, 5, None, None), "x must have 3 dimensions"),
+        ("dpc_knn", (x.long(), 3, 5, None, None), "x must be .*floating"),
+        ("dpc_knn", (x, 11, 5, None, None), "clusters must be"),
+        ("dpc_knn", (x, 0, 5, None, None), "clusters must be"),
+        ("dpc_knn", (x, 3, 0, None, None), "k_neighbors must be"),
+        ("dpc_knn", (x, 3, 5, mask[:, :9], None), "mask must be a tensor of shape"),
+        ("dpc_knn", (x, 3, 5, w, None), "mask must be a bool tensor"),
+        ("dpc_knn", (x, 3, 5, None, w[:, :9]), "noise must be a tensor of shape"),
+        ("dpc_knn", (x, 3, 5, None, mask), "noise must be .*floating"),
+        ("kmedoids", (x, w[:, :9], 3, 3, "paper"), "weights must be a tensor of shape"),
+        ("kmedoids", (x, mask, 3, 3, "paper"), "weights must be .*floating"),
+        ("kmedoids", (x, w, 11, 3, "paper"), "clusters must be"),
+        ("kmedoids", (x, w, 3, -1, "paper"), "iters must be"),
+        ("kmedoids", (x, w, 3, 3, "kmeans"), "rule must be"),
+        ("sinkhorn", (z[0], 1.0, 3, "paper"), "scores must have 3 dimensions"),
+        ("sinkhorn", (z, 0.0, 3, "paper"), "eps must be positive"),
+        ("sinkhorn", (z, 1.0, 0, "paper"), "iters must be"),
+        ("sinkhorn", (z, 1.0, 3, "uniform"), "marginals must be"),
+        ("sinkhorn_backward", (z[:, :2], z, u, v, 1.0, "paper"), "grad_plan must be"),
+        ("sinkhorn_backward", (z.long(), z, u, v, 1.0, "paper"), "grad_plan must be .*floating"),
+        ("sinkhorn_backward", (z, z, u[:, :, :2], v, 1.0, "paper"), "u (and v )?must be"),
+        ("sinkhorn_backward", (z, z, u, v[:, :1], 1.0, "paper"), "(u and )?v must be"),
+        ("sinkhorn_backward", (z, z, u, v, -1.0, "paper"), "eps must be positive"),
+        ("sinkhorn_backward", (z, z, u, v, 1.0, "uniform"), "marginals must be"),
+    ]
+
+
+@pytest.mark.parametrize("name,args,message", bad_raw_calls())
+def test_fake_kernel_refuses_what_the_kernel_refuses(name, args, message):
+    op = getattr(torch.ops.tokred, name)
+    with pytest.raises(RuntimeError, match=message):
+        op(*args)
+    with pytest.raises((ValueError, TypeError), match=message):
+        op(*on_meta(args))

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -25,7 +27,7 @@ def test_matches_reference(device, rng, dtype, marginals, batch, k, n):
     torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("iters", [0, 1, 10])
+@pytest.mark.parametrize("iters", [1, 2, 10])
 @pytest.mark.parametrize("eps", [0.05, 1.0, 7.0])
 def test_iterations_and_eps(device, rng, iters, eps):
     scores = randn((4, 12, 40), torch.float64, device, rng)
@@ -64,8 +66,65 @@ def test_one_iteration_by_hand():
     """K = 1: u and v have closed forms, and the plan is all ones (the only column-stochastic plan)."""
     scores = torch.tensor([[[0.5, -1.0, 2.0]]], dtype=torch.float64)
     torch.testing.assert_close(ops.sinkhorn(scores, 1.0, 1), torch.ones(1, 1, 3, dtype=torch.float64))
-    # T = 0: plan = exp(Z / eps) * (K + N)
-    torch.testing.assert_close(ops.sinkhorn(scores, 2.0, 0), torch.exp(scores / 2.0) * 4)
+
+
+def spec_sinkhorn(scores: torch.Tensor, eps: float, iters: int, marginals: str) -> torch.Tensor:
+    """SPEC §3.11 written out: u, v updates from 0, then the plan exp(Z/ε + u + v) times the marginals' scale."""
+    k, n = scores.shape[1:]
+    log_mu, log_nu, scale = (
+        (-math.log(k + n), -math.log(k + n), k + n) if marginals == "paper" else (-math.log(k), -math.log(n), n)
+    )
+    z = scores / eps
+    u, v = z.new_zeros(z.shape[:2]), z.new_zeros(z.shape[0], n)
+    for _ in range(iters):
+        u = log_mu - torch.logsumexp(z + v[:, None, :], dim=2)
+        v = log_nu - torch.logsumexp(z + u[:, :, None], dim=1)
+    return torch.exp(z + u[:, :, None] + v[:, None, :]) * scale
+
+
+@pytest.mark.parametrize("marginals", ["paper", "balanced"])
+def test_study_formula_at_the_study_eps(device, rng, marginals):
+    """The plan, normalised per column as the last update's softmax, is the SPEC's formula to rounding."""
+    scores = randn((4, 49, 196), torch.float64, device, rng)
+    want = spec_sinkhorn(scores, 1.0, 3, marginals)
+    torch.testing.assert_close(ops.sinkhorn(scores, 1.0, 3, marginals), want, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(reference.sinkhorn(scores, 1.0, 3, marginals), want, rtol=1e-12, atol=1e-15)
+    got32 = ops.sinkhorn(scores.float(), 1.0, 3, marginals)
+    torch.testing.assert_close(got32, want.float(), rtol=TOLERANCE[torch.float32][0], atol=TOLERANCE[torch.float32][1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eps", [1e-6, 1e-4])
+def test_columns_sum_to_one_for_tiny_eps(device, rng, dtype, eps):
+    """Z/ε ~ 1e6: v (~1e6) holds its O(1) part only to ~0.06 in float32, so exp(Z/ε + u + v) drifted by ~6 %;
+    the plan as a softmax over clusters keeps every column at 1 to the working precision."""
+    scores = randn((4, 49, 196), dtype, device, rng)
+    tol = 64 * torch.finfo(dtype).eps
+    for fn in (ops.sinkhorn, reference.sinkhorn):
+        for marginals in ("paper", "balanced"):
+            plan = fn(scores, eps, 3, marginals)
+            assert plan.isfinite().all() and (plan >= 0).all()
+            torch.testing.assert_close(plan.sum(1), torch.ones(4, 196, dtype=dtype, device=device), rtol=0, atol=tol)
+    if dtype == torch.float64:  # and the kernel's plan is the reference's
+        torch.testing.assert_close(
+            ops.sinkhorn(scores, eps, 3), reference.sinkhorn(scores, eps, 3), rtol=1e-6, atol=1e-9
+        )
+
+
+def test_fewer_than_one_iteration_refused(device):
+    """T = 0 runs no column update, so no column would sum to 1: every entry refuses it."""
+    scores = torch.randn(2, 3, 10, device=device)
+    with pytest.raises(ValueError, match="iters must be >= 1, got 0"):
+        ops.sinkhorn(scores, 1.0, 0)
+    with pytest.raises(ValueError, match="iters must be >= 1"):
+        reference.sinkhorn(scores, 1.0, 0)
+    with pytest.raises(RuntimeError, match="iters must be at least 1, got 0"):
+        torch.ops.tokred.sinkhorn(scores, 1.0, 0, "paper")
+    with pytest.raises(ValueError, match="iters must be >= 1, got 0"):  # the fake kernel
+        torch.ops.tokred.sinkhorn(scores.to("meta"), 1.0, 0, "paper")
+    u, v = scores.new_empty(2, 0, 3), scores.new_empty(2, 0, 10)  # histories of T = 0
+    with pytest.raises(RuntimeError, match="iters must be at least 1"):
+        torch.ops.tokred.sinkhorn_backward(scores, scores, u, v, 1.0, "paper")
 
 
 def test_non_contiguous_inputs(device, rng):
@@ -74,10 +133,28 @@ def test_non_contiguous_inputs(device, rng):
 
 
 @pytest.mark.parametrize("marginals", ["paper", "balanced"])
-@pytest.mark.parametrize("iters", [0, 1, 3])
+@pytest.mark.parametrize("iters", [1, 3])
 def test_gradcheck(device, rng, marginals, iters):
     scores = randn((2, 4, 7), torch.float64, device, rng).requires_grad_()
     assert torch.autograd.gradcheck(lambda z: ops.sinkhorn(z, 0.7, iters, marginals), (scores,))
+
+
+@pytest.mark.parametrize("marginals", ["paper", "balanced"])
+def test_gradgradcheck(device, rng, marginals):
+    """Second-order gradients (create_graph=True) are exact: in scores and in the incoming gradient."""
+    scores = randn((2, 3, 5), torch.float64, device, rng).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda z: ops.sinkhorn(z, 0.7, 2, marginals), (scores,))
+
+
+def test_first_order_gradient_is_the_same_with_create_graph(device, rng):
+    scores = randn((3, 6, 11), torch.float64, device, rng).requires_grad_()
+    weights = torch.randn(3, 6, 11, generator=rng, device=device, dtype=torch.float64)
+    grads = [
+        torch.autograd.grad((ops.sinkhorn(scores, 0.5, 3) * weights).sum(), scores, create_graph=create_graph)[0]
+        for create_graph in (False, True)
+    ]
+    assert not grads[0].requires_grad and grads[1].requires_grad
+    torch.testing.assert_close(grads[1], grads[0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

@@ -5,6 +5,7 @@ the compiled kernel for the input's device. Without a kernel for that device (no
 CPU-only build given CUDA tensors) it runs the reference instead and warns once.
 """
 
+import os
 import warnings
 from typing import NamedTuple
 
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from tokred import reference
 from tokred.reference import ATS_RULES, KMEDOIDS_RULES, SINKHORN_MARGINALS
+from tokred.reference.distance import accumulation_dtype
 
 try:
     from tokred import _C  # noqa: F401  (registers the torch.ops.tokred operators)
@@ -77,6 +79,9 @@ def _use_kernel(op: str, device: torch.device) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- checks
+# One check per operator, shared by its wrapper and its fake kernel. The dispatcher sends a torch.ops.tokred
+# call to the fake kernel whenever one of its tensors is on the meta device, also beside CPU or CUDA tensors,
+# so the fake kernel refuses everything the compiled kernels refuse (csrc/common.h).
 
 
 def _check_tensor(t: Tensor, name: str, rank: int, floating: bool = True) -> None:
@@ -108,11 +113,91 @@ def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
 
 
 def _check_count(value: int, name: str, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, int | torch.SymInt):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < low or (high is not None and value > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def _check_ats_sample(scores: Tensor, mask: Tensor | None, num_samples: int, rule: str) -> None:
+    _check_tensor(scores, "scores", 2)
+    _check_companion(mask, scores, "mask", tuple(scores.shape), "bool")
+    _check_count(num_samples, "num_samples", 1)
+    _check_choice(rule, ATS_RULES, "rule")
+
+
+def _check_dpc_knn(x: Tensor, num_clusters: int, k_neighbors: int, mask: Tensor | None, noise: Tensor | None) -> None:
+    _check_tensor(x, "x", 3)
+    batch, n, _ = x.shape
+    _check_count(num_clusters, "num_clusters", 1, n)
+    _check_count(k_neighbors, "k_neighbors", 1)
+    _check_companion(mask, x, "mask", (batch, n), "bool")
+    _check_companion(noise, x, "noise", (batch, n), "float")
+
+
+def _check_kmedoids(x: Tensor, weights: Tensor, num_clusters: int, iters: int, rule: str) -> None:
+    _check_tensor(x, "x", 3)
+    _check_companion(weights, x, "weights", tuple(x.shape[:2]), "float")
+    _check_count(num_clusters, "num_clusters", 1, x.shape[1])
+    _check_count(iters, "iters", 0)
+    _check_choice(rule, KMEDOIDS_RULES, "rule")
+
+
+def _check_sinkhorn(scores: Tensor, eps: float, iters: int, marginals: str) -> None:
+    _check_tensor(scores, "scores", 3)
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    _check_count(iters, "iters", 1)
+    _check_choice(marginals, SINKHORN_MARGINALS, "marginals")
+
+
+def _check_sinkhorn_backward(
+    grad_plan: Tensor, scores: Tensor, u: Tensor, v: Tensor, eps: float, marginals: str
+) -> None:
+    _check_tensor(u, "u", 3)
+    _check_sinkhorn(scores, eps, u.shape[1], marginals)
+    batch, k, n = scores.shape
+    _check_companion(grad_plan, scores, "grad_plan", (batch, k, n), "float")
+    _check_companion(u, scores, "u", (batch, u.shape[1], k), "float")
+    _check_companion(v, scores, "v", (batch, u.shape[1], n), "float")
+
+
+@torch.compiler.assume_constant_result
+def _memory_and_threads(device: torch.device) -> tuple[int | None, int]:
+    """Total memory in bytes of a CPU or CUDA device (None where unknown, e.g. meta) and the CPU's threads."""
+    memory = None
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+    elif device.type == "cpu" and hasattr(os, "sysconf"):
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return memory, torch.get_num_threads()
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_distance_workspace(op: str, x: Tensor, per_thread: bool) -> None:
+    """Refuse a clustering whose [N, N] distance matrices alone exceed the device's total memory.
+
+    The CUDA kernels and the reference hold one matrix per image, B at once; the CPU kernels one per thread.
+    Checked before anything is allocated, so a huge N fails at once with the size it would need.
+    """
+    memory, threads = _memory_and_threads(x.device)
+    if memory is None:
+        return
+    batch, n, _ = x.shape
+    images = min(batch, threads) if per_thread else batch
+    acc = accumulation_dtype(x.dtype)
+    need = images * n * n * acc.itemsize
+    if need > memory:
+        held = "one per CPU thread" if per_thread else "one per image"
+        raise MemoryError(
+            f"tokred.{op} needs {images} distance matrices [N, N] of {_name(acc)} ({held}), {need / 2**30:.1f} GiB "
+            f"at once for B = {batch}, N = {n} and x of {_name(x.dtype)}: more than the {memory / 2**30:.1f} GiB "
+            f"of {x.device.type} memory. Cluster fewer tokens per image{'' if per_thread else ' or fewer images'}."
+        )
 
 
 # ---------------------------------------------------------------------------------------------- ATS
@@ -131,10 +216,7 @@ def ats_sample(scores: Tensor, mask: Tensor | None, num_samples: int, rule: str 
         AtsSample with ids and mask of shape [B, K] (padded to K, so no host synchronisation is needed;
         see :func:`trim_to_batch_max`) and counts [B].
     """
-    _check_tensor(scores, "scores", 2)
-    _check_companion(mask, scores, "mask", tuple(scores.shape), "bool")
-    _check_count(num_samples, "num_samples", 1)
-    _check_choice(rule, ATS_RULES, "rule")
+    _check_ats_sample(scores, mask, num_samples, rule)
     if mask is None:
         mask = torch.ones_like(scores, dtype=torch.bool)
     if _use_kernel("ats_sample", scores.device):
@@ -149,6 +231,7 @@ def trim_to_batch_max(sample: AtsSample) -> AtsSample:
 
 
 def _ats_sample_fake(scores: Tensor, mask: Tensor, num_samples: int, rule: str) -> tuple[Tensor, Tensor, Tensor]:
+    _check_ats_sample(scores, mask, num_samples, rule)
     batch = scores.shape[0]
     ids = scores.new_empty((batch, num_samples), dtype=torch.long)
     return ids, scores.new_empty((batch, num_samples), dtype=torch.bool), scores.new_empty(batch, dtype=torch.long)
@@ -172,14 +255,14 @@ def dpc_knn(
 
     Returns:
         Clustering: centres [B, K] in descending score order, assignment [B, N] in [0, K).
+
+    Raises:
+        MemoryError: before allocating, when the [N, N] distance matrices alone exceed the device's memory.
     """
-    _check_tensor(x, "x", 3)
-    batch, n, _ = x.shape
-    _check_count(num_clusters, "num_clusters", 1, n)
-    _check_count(k_neighbors, "k_neighbors", 1)
-    _check_companion(mask, x, "mask", (batch, n), "bool")
-    _check_companion(noise, x, "noise", (batch, n), "float")
-    if _use_kernel("dpc_knn", x.device):
+    _check_dpc_knn(x, num_clusters, k_neighbors, mask, noise)
+    use_kernel = _use_kernel("dpc_knn", x.device)
+    _check_distance_workspace("dpc_knn", x, per_thread=use_kernel and x.device.type == "cpu")
+    if use_kernel:
         return Clustering(*torch.ops.tokred.dpc_knn(x, num_clusters, k_neighbors, mask, noise))
     return Clustering(*reference.dpc_knn(x, num_clusters, k_neighbors, mask, noise))
 
@@ -187,6 +270,7 @@ def dpc_knn(
 def _dpc_knn_fake(
     x: Tensor, num_clusters: int, k_neighbors: int, mask: Tensor | None, noise: Tensor | None
 ) -> tuple[Tensor, Tensor]:
+    _check_dpc_knn(x, num_clusters, k_neighbors, mask, noise)
     return x.new_empty((x.shape[0], num_clusters), dtype=torch.long), x.new_empty(x.shape[:2], dtype=torch.long)
 
 
@@ -205,18 +289,20 @@ def kmedoids(x: Tensor, weights: Tensor, num_clusters: int, iters: int = 3, rule
 
     Returns:
         Clustering: medoids [B, K] (rows of x), assignment [B, N] to the nearest medoid.
+
+    Raises:
+        MemoryError: before allocating, when the [N, N] distance matrices alone exceed the device's memory.
     """
-    _check_tensor(x, "x", 3)
-    _check_companion(weights, x, "weights", tuple(x.shape[:2]), "float")
-    _check_count(num_clusters, "num_clusters", 1, x.shape[1])
-    _check_count(iters, "iters", 0)
-    _check_choice(rule, KMEDOIDS_RULES, "rule")
-    if _use_kernel("kmedoids", x.device):
+    _check_kmedoids(x, weights, num_clusters, iters, rule)
+    use_kernel = _use_kernel("kmedoids", x.device)
+    _check_distance_workspace("kmedoids", x, per_thread=use_kernel and x.device.type == "cpu")
+    if use_kernel:
         return Clustering(*torch.ops.tokred.kmedoids(x, weights, num_clusters, iters, rule))
     return Clustering(*reference.kmedoids(x, weights, num_clusters, iters, rule))
 
 
 def _kmedoids_fake(x: Tensor, weights: Tensor, num_clusters: int, iters: int, rule: str) -> tuple[Tensor, Tensor]:
+    _check_kmedoids(x, weights, num_clusters, iters, rule)
     return x.new_empty((x.shape[0], num_clusters), dtype=torch.long), x.new_empty(x.shape[:2], dtype=torch.long)
 
 
@@ -226,26 +312,24 @@ def _kmedoids_fake(x: Tensor, weights: Tensor, num_clusters: int, iters: int, ru
 def sinkhorn(scores: Tensor, eps: float = 1.0, iters: int = 3, marginals: str = "paper") -> Tensor:
     """Log-domain Sinkhorn transport plan [B, K, N] from scores [B, K, N] (SPEC §3.11).
 
-    Every token's column of the plan sums to 1. Differentiable in ``scores``.
+    Every token's column of the plan sums to 1, to the working precision even for a tiny ε. Differentiable in
+    ``scores``, to any order (a gradient that must itself be differentiable comes from the reference).
 
     Args:
         scores: [B, K, N] cluster-token scores (the study: cosine similarities).
         eps: entropic regularisation ε > 0.
-        iters: T ≥ 0 iterations (each a row and a column update).
+        iters: T ≥ 1 iterations (each a row and a column update).
         marginals: "paper" (μ = ν = 1/(K + N)) or "balanced" (μ = 1/K, ν = 1/N).
     """
-    _check_tensor(scores, "scores", 3)
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
-    _check_count(iters, "iters", 0)
-    _check_choice(marginals, SINKHORN_MARGINALS, "marginals")
+    _check_sinkhorn(scores, eps, iters, marginals)
     if _use_kernel("sinkhorn", scores.device):
         return torch.ops.tokred.sinkhorn(scores, float(eps), iters, marginals)[0]
     return reference.sinkhorn(scores, eps, iters, marginals)
 
 
 def _sinkhorn_fake(scores: Tensor, eps: float, iters: int, marginals: str) -> tuple[Tensor, Tensor, Tensor]:
-    acc = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    _check_sinkhorn(scores, eps, iters, marginals)
+    acc = accumulation_dtype(scores.dtype)
     batch, k, n = scores.shape
     return (
         torch.empty_like(scores),
@@ -257,6 +341,7 @@ def _sinkhorn_fake(scores: Tensor, eps: float, iters: int, marginals: str) -> tu
 def _sinkhorn_backward_fake(
     grad_plan: Tensor, scores: Tensor, u: Tensor, v: Tensor, eps: float, marginals: str
 ) -> Tensor:
+    _check_sinkhorn_backward(grad_plan, scores, u, v, eps, marginals)
     return torch.empty_like(scores)
 
 
@@ -269,7 +354,13 @@ def _sinkhorn_setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 (torch
 
 def _sinkhorn_backward(ctx, grad_plan: Tensor, grad_u: Tensor, grad_v: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
     scores, u, v = ctx.saved_tensors
-    grad = torch.ops.tokred.sinkhorn_backward(grad_plan.contiguous(), scores, u, v, ctx.eps, ctx.marginals)
+    if torch.is_grad_enabled():
+        # create_graph=True: the gradient must be differentiable itself (double backward), which the kernel's is
+        # not, so it comes from autograd through the reference, the same function, instead.
+        plan = reference.sinkhorn(scores, ctx.eps, u.shape[1], ctx.marginals)
+        (grad,) = torch.autograd.grad(plan, scores, grad_plan, create_graph=True)
+    else:
+        grad = torch.ops.tokred.sinkhorn_backward(grad_plan.contiguous(), scores, u, v, ctx.eps, ctx.marginals)
     return grad, None, None, None
 
 

@@ -6,6 +6,7 @@
 
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../common.h"
@@ -15,22 +16,32 @@ namespace tokred::cpu {
 namespace {
 
 // One image forward: z[K, N] = scores / eps; work[K*N + K + N] is scratch; writes u_hist[T, K],
-// v_hist[T, N] and plan[K, N].
+// v_hist[T, N] and plan[K, N] (T >= 1).
 //
 // Each iteration takes one exp per entry. The row update computes e_kj = exp(z_kj + v_j - m_k) with
 // m_k the row's exact maximum (so e <= 1 and its row sum s_k is in [1, N]) and u_k = log mu - m_k - log s_k.
 // Then exp(z_kj + u_k) = e_kj exp(-v_j) w_k with w_k = exp(u_k + m_k) = mu / s_k, so the column update
 // v'_j = log nu - LSE_k(z_kj + u_k) = log nu + v_j - log c_j with c_j = sum_k e_kj w_k needs no exp.
+// The plan exp(z + u + v') / nu = e_kj w_k / c_j is that column normalisation itself, so its columns sum to 1
+// to rounding even where z is huge (eps -> 0): there v', of magnitude ~|z|, carries its O(1) part too coarsely
+// for exp(z + u + v') to be normalised.
 // A column whose c_j underflows (its largest entry is ~1e-30 of its row's maximum) is redone in the
-// log domain. The plan is exp(z + u + v' + log scale) = e_kj w_k exp(v'_j - v_j + log scale).
+// log domain, its plan the softmax over k of z_kj + u_k.
 template <typename A>
 void sinkhorn_forward_image(const A* __restrict z, int64_t k, int64_t n, int64_t iters, A log_mu, A log_nu,
-                            A log_scale, A* __restrict work, A* __restrict u_hist, A* __restrict v_hist,
-                            A* __restrict plan) {
+                            A* __restrict work, A* __restrict u_hist, A* __restrict v_hist, A* __restrict plan) {
   A* e = work;
   A* w = e + k * n;
   A* c = w + k;
   const A tiny = std::numeric_limits<A>::min() * A(1e8) * std::exp(log_mu);
+  // Column j's log-sum-exp over k of z_kj + u_k in two parts: the maximum m and the sum of exp(z_kj + u_k - m).
+  const auto column_lse = [&](const A* u, int64_t j) {
+    A m = -std::numeric_limits<A>::infinity();
+    for (int64_t r = 0; r < k; ++r) m = std::max(m, z[r * n + j] + u[r]);
+    A s = 0;
+    for (int64_t r = 0; r < k; ++r) s += exp_approx(z[r * n + j] + u[r] - m);
+    return std::pair{m, s};
+  };
   std::vector<A> zeros(n, A(0));
   const A* v = zeros.data();
   for (int64_t t = 0; t < iters; ++t) {
@@ -51,42 +62,38 @@ void sinkhorn_forward_image(const A* __restrict z, int64_t k, int64_t n, int64_t
     for (int64_t j = 0; j < n; ++j) {
       if (c[j] > tiny) {
         v_next[j] = log_nu + v[j] - std::log(c[j]);
-        continue;
+        c[j] = A(1) / c[j];
+      } else {
+        const auto [m, s] = column_lse(u, j);
+        v_next[j] = log_nu - (m + std::log(s));
+        c[j] = 0;  // marks the column for the plan's log-domain path
       }
-      A m = -std::numeric_limits<A>::infinity();
-      for (int64_t r = 0; r < k; ++r) m = std::max(m, z[r * n + j] + u[r]);
-      A s = 0;
-      for (int64_t r = 0; r < k; ++r) s += exp_approx(z[r * n + j] + u[r] - m);
-      v_next[j] = log_nu - (m + std::log(s));
-      c[j] = 0;  // marks the column for the plan's log-domain path
-    }
-    if (t + 1 == iters) {
-      for (int64_t j = 0; j < n; ++j) c[j] = c[j] > 0 ? std::exp(v_next[j] - v[j] + log_scale) : A(0);
-      for (int64_t r = 0; r < k; ++r)
-        for (int64_t j = 0; j < n; ++j) plan[r * n + j] = e[r * n + j] * w[r] * c[j];
-      for (int64_t j = 0; j < n; ++j)
-        if (c[j] == 0)
-          for (int64_t r = 0; r < k; ++r) plan[r * n + j] = exp_approx(z[r * n + j] + u[r] + v_next[j] + log_scale);
-      return;
     }
     v = v_next;
   }
-  for (int64_t r = 0; r < k; ++r)  // iters == 0: u = v = 0
-    for (int64_t j = 0; j < n; ++j) plan[r * n + j] = exp_approx(z[r * n + j] + log_scale);
+  // e, w and c still hold the last iteration's values
+  for (int64_t r = 0; r < k; ++r)
+    for (int64_t j = 0; j < n; ++j) plan[r * n + j] = e[r * n + j] * w[r] * c[j];
+  const A* u = u_hist + (iters - 1) * k;
+  for (int64_t j = 0; j < n; ++j) {
+    if (c[j] != 0) continue;
+    const auto [m, s] = column_lse(u, j);
+    for (int64_t r = 0; r < k; ++r) plan[r * n + j] = exp_approx(z[r * n + j] + u[r] - m) / s;
+  }
 }
 
-// One image backward through the unrolled iterations; g[K, N] holds dL/dplan on entry and dL/dz on exit.
+// One image backward through the unrolled iterations (T >= 1); g[K, N] holds dL/dplan on entry and dL/dz on exit.
 template <typename A>
-void sinkhorn_backward_image(const A* z, int64_t k, int64_t n, int64_t iters, A log_mu, A log_nu, A log_scale,
-                             const A* u_hist, const A* v_hist, A* g, A* gu, A* gv) {
-  std::vector<A> zeros_k(k, A(0)), zeros_n(n, A(0));
-  const A* u_last = iters ? u_hist + (iters - 1) * k : zeros_k.data();
-  const A* v_last = iters ? v_hist + (iters - 1) * n : zeros_n.data();
+void sinkhorn_backward_image(const A* z, int64_t k, int64_t n, int64_t iters, A log_mu, A log_nu, const A* u_hist,
+                             const A* v_hist, A* g, A* gu, A* gv) {
+  std::vector<A> zeros_n(n, A(0));
+  const A* u_last = u_hist + (iters - 1) * k;
+  const A* v_last = v_hist + (iters - 1) * n;
   std::fill(gu, gu + k, A(0));
   std::fill(gv, gv + n, A(0));
   for (int64_t r = 0; r < k; ++r)  // d/dlog(plan) = g * plan, which feeds z, u_T and v_T
     for (int64_t j = 0; j < n; ++j) {
-      const A gl = g[r * n + j] * exp_approx(z[r * n + j] + u_last[r] + v_last[j] + log_scale);
+      const A gl = g[r * n + j] * exp_approx(z[r * n + j] + u_last[r] + v_last[j] - log_nu);
       g[r * n + j] = gl;
       gu[r] += gl;
       gv[j] += gl;
@@ -118,30 +125,28 @@ void sinkhorn_backward_image(const A* z, int64_t k, int64_t n, int64_t iters, A 
 }
 
 TOKRED_VECTOR_CLONES void forward_image(const float* z, int64_t k, int64_t n, int64_t iters, float log_mu, float log_nu,
-                                        float log_scale, float* scratch, float* u, float* v, float* plan) {
-  sinkhorn_forward_image(z, k, n, iters, log_mu, log_nu, log_scale, scratch, u, v, plan);
+                                        float* scratch, float* u, float* v, float* plan) {
+  sinkhorn_forward_image(z, k, n, iters, log_mu, log_nu, scratch, u, v, plan);
 }
 TOKRED_VECTOR_CLONES void forward_image(const double* z, int64_t k, int64_t n, int64_t iters, double log_mu,
-                                        double log_nu, double log_scale, double* scratch, double* u, double* v,
-                                        double* plan) {
-  sinkhorn_forward_image(z, k, n, iters, log_mu, log_nu, log_scale, scratch, u, v, plan);
+                                        double log_nu, double* scratch, double* u, double* v, double* plan) {
+  sinkhorn_forward_image(z, k, n, iters, log_mu, log_nu, scratch, u, v, plan);
 }
 TOKRED_VECTOR_CLONES void backward_image(const float* z, int64_t k, int64_t n, int64_t iters, float log_mu,
-                                         float log_nu, float log_scale, const float* u, const float* v, float* g,
-                                         float* gu, float* gv) {
-  sinkhorn_backward_image(z, k, n, iters, log_mu, log_nu, log_scale, u, v, g, gu, gv);
+                                         float log_nu, const float* u, const float* v, float* g, float* gu, float* gv) {
+  sinkhorn_backward_image(z, k, n, iters, log_mu, log_nu, u, v, g, gu, gv);
 }
 TOKRED_VECTOR_CLONES void backward_image(const double* z, int64_t k, int64_t n, int64_t iters, double log_mu,
-                                         double log_nu, double log_scale, const double* u, const double* v, double* g,
-                                         double* gu, double* gv) {
-  sinkhorn_backward_image(z, k, n, iters, log_mu, log_nu, log_scale, u, v, g, gu, gv);
+                                         double log_nu, const double* u, const double* v, double* g, double* gu,
+                                         double* gv) {
+  sinkhorn_backward_image(z, k, n, iters, log_mu, log_nu, u, v, g, gu, gv);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& scores_in, double eps, int64_t iters,
                                                             c10::string_view marginals) {
   check_sinkhorn_args(scores_in, eps, iters);
   const int64_t b = scores_in.size(0), k = scores_in.size(1), n = scores_in.size(2);
-  const auto [log_mu, log_nu, log_scale] = sinkhorn_log_marginals(k, n, marginals);
+  const auto [log_mu, log_nu] = sinkhorn_log_marginals(k, n, marginals);
   const auto scores = scores_in.contiguous();
   const auto acc = scores.options().dtype(accumulation_type(scores.scalar_type()));
   auto plan = at::empty({b, k, n}, scores.options());
@@ -158,8 +163,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& sc
       for (int64_t i = begin; i < end; ++i) {
         for (int64_t e = 0; e < k * n; ++e) z[e] = static_cast<A>(ss[i * k * n + e]) / static_cast<A>(eps);
         A* out = plan_acc.empty() ? reinterpret_cast<A*>(ps + i * k * n) : plan_acc.data();
-        forward_image(z.data(), k, n, iters, log_mu, log_nu, log_scale, scratch.data(), us + i * iters * k,
-                      vs + i * iters * n, out);
+        forward_image(z.data(), k, n, iters, log_mu, log_nu, scratch.data(), us + i * iters * k, vs + i * iters * n,
+                      out);
         if (!plan_acc.empty()) std::copy(plan_acc.begin(), plan_acc.end(), ps + i * k * n);
       }
     });
@@ -171,7 +176,7 @@ at::Tensor sinkhorn_backward_cpu(const at::Tensor& grad_plan, const at::Tensor& 
                                  const at::Tensor& v, double eps, c10::string_view marginals) {
   check_sinkhorn_backward_args(grad_plan, scores, u, v, eps);
   const int64_t b = scores.size(0), k = scores.size(1), n = scores.size(2), iters = u.size(1);
-  const auto [log_mu, log_nu, log_scale] = sinkhorn_log_marginals(k, n, marginals);
+  const auto [log_mu, log_nu] = sinkhorn_log_marginals(k, n, marginals);
   const auto acc = accumulation_type(scores.scalar_type());
   const auto z = (scores.to(acc) / eps).contiguous();
   auto grad = grad_plan.to(acc).contiguous().clone();
@@ -185,8 +190,8 @@ at::Tensor sinkhorn_backward_cpu(const at::Tensor& grad_plan, const at::Tensor& 
     at::parallel_for(0, b, 4, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> gu(k), gv(n);
       for (int64_t i = begin; i < end; ++i)
-        backward_image(zs + i * k * n, k, n, iters, log_mu, log_nu, log_scale, us + i * iters * k,
-                       vs + i * iters * n, gs + i * k * n, gu.data(), gv.data());
+        backward_image(zs + i * k * n, k, n, iters, log_mu, log_nu, us + i * iters * k, vs + i * iters * n,
+                       gs + i * k * n, gu.data(), gv.data());
     });
   });
   return (grad / eps).to(scores.scalar_type());

@@ -37,27 +37,28 @@ __device__ A row_update(const Logits<scalar_t, A>& z, int r, const A* shift, A l
   return log_target - (m + log_acc(s));
 }
 
-// log_target - LSE_r(z_rj + shift_r) of column j, one thread.
+// LSE_r(z_rj + shift_r) of column j in two parts, one thread: the maximum m and the sum s of exp(z_rj + shift_r - m).
 template <typename scalar_t, typename A>
-__device__ A column_update(const Logits<scalar_t, A>& z, int k, int j, const A* shift, A log_target) {
-  A m = -infinity<A>();
+__device__ void column_lse(const Logits<scalar_t, A>& z, int k, int j, const A* shift, A& m, A& s) {
+  m = -infinity<A>();
   for (int r = 0; r < k; ++r) {
     const A x = z(r, j) + shift[r];
     m = x > m ? x : m;
   }
-  A s = 0;
+  s = 0;
   for (int r = 0; r < k; ++r) s += exp_acc(z(r, j) + shift[r] - m);
-  return log_target - (m + log_acc(s));
 }
 
-// One block per image: scores[B, K, N] -> plan[B, K, N], u_hist[B, T, K], v_hist[B, T, N].
+// One block per image: scores[B, K, N] -> plan[B, K, N], u_hist[B, T, K], v_hist[B, T, N] (T >= 1).
 // Per iteration: u_r = log mu - LSE_j(z_rj + v_j) with one warp per row, then v_j = log nu - LSE_r(z_rj + u_r)
-// with one thread per column; the plan is exp(z + u + v + log scale). Scratch: u[K], v[N] (A). O(T K N).
+// with one thread per column. The plan exp(z + u + v) / nu is the last column update's softmax over r of
+// z_rj + u_r, written as such so that its columns sum to 1 to rounding even where z is huge (eps -> 0).
+// Scratch: u[K], v[N] (A). O(T K N).
 template <typename scalar_t, typename A>
 __global__ __launch_bounds__(kThreads) void sinkhorn_kernel(const scalar_t* __restrict__ scores, int k, int n,
-                                                            int iters, A eps, A log_mu, A log_nu, A log_scale,
-                                                            ScratchRef scratch, scalar_t* __restrict__ plan,
-                                                            A* __restrict__ u_hist, A* __restrict__ v_hist) {
+                                                            int iters, A eps, A log_mu, A log_nu, ScratchRef scratch,
+                                                            scalar_t* __restrict__ plan, A* __restrict__ u_hist,
+                                                            A* __restrict__ v_hist) {
   const int64_t image = blockIdx.x;
   const int64_t kn = static_cast<int64_t>(k) * n;
   const Logits<scalar_t, A> z{scores + image * kn, n, eps};
@@ -66,6 +67,7 @@ __global__ __launch_bounds__(kThreads) void sinkhorn_kernel(const scalar_t* __re
   A* v = cursor.take<A>(n);
   A* us = u_hist + image * iters * k;
   A* vs = v_hist + image * iters * n;
+  scalar_t* p = plan + image * kn;
   const int warp = threadIdx.x / kWarpSize;
 
   for (int r = threadIdx.x; r < k; r += blockDim.x) u[r] = 0;
@@ -77,20 +79,22 @@ __global__ __launch_bounds__(kThreads) void sinkhorn_kernel(const scalar_t* __re
       if (threadIdx.x % kWarpSize == 0) u[r] = us[t * k + r] = value;
     }
     __syncthreads();
-    for (int j = threadIdx.x; j < n; j += blockDim.x) v[j] = vs[t * n + j] = column_update(z, k, j, u, log_nu);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+      A m, s;
+      column_lse(z, k, j, u, m, s);
+      v[j] = vs[t * n + j] = log_nu - (m + log_acc(s));
+      if (t + 1 == iters)
+        for (int r = 0; r < k; ++r) p[r * n + j] = static_cast<scalar_t>(exp_acc(z(r, j) + u[r] - m) / s);
+    }
     __syncthreads();
-  }
-  scalar_t* p = plan + image * kn;
-  for (int e = threadIdx.x; e < k * n; e += blockDim.x) {
-    const int r = e / n, j = e % n;
-    p[e] = static_cast<scalar_t>(exp_acc(z(r, j) + u[r] + v[j] + log_scale));
   }
 }
 
-// One block per image, the CPU's sinkhorn_backward_image: grad[B, K, N] (dL/dplan, in A) -> out[B, K, N] = dL/dscores.
+// One block per image, the CPU's sinkhorn_backward_image (T >= 1): grad[B, K, N] (dL/dplan, in A) -> out[B, K, N] =
+// dL/dscores.
 // The vector recursion runs first; every entry of dL/dz is then g * plan minus the T pairs of contributions of the
 // unrolled iterations, subtracted in the CPU's order (u_t, v_t: the histories, u_{-1} = v_{-1} = 0):
-//   gl = g * exp(z + u_{T-1} + v_{T-1} + log scale),  gu_in = sum_j gl,  gv_{T-1} = sum_k gl;
+//   gl = g * exp(z + u_{T-1} + v_{T-1} - log nu),  gu_in = sum_j gl,  gv_{T-1} = sum_k gl;
 //   for t = T-1 .. 0:  a = gv_t(j) exp(z + u_t + v_t - log nu),  gu_t = [t = T-1] gu_in - sum_j a;
 //                      b = gu_t(r) exp(z + v_{t-1} + u_t - log mu),  gv_{t-1} = -sum_k b;
 //   dL/dz = gl - a_{T-1} - b_{T-1} - ... - a_0 - b_0.
@@ -98,7 +102,7 @@ __global__ __launch_bounds__(kThreads) void sinkhorn_kernel(const scalar_t* __re
 template <typename scalar_t, typename A>
 __global__ __launch_bounds__(kThreads) void sinkhorn_backward_kernel(
     const A* __restrict__ grad, const scalar_t* __restrict__ scores, const A* __restrict__ u_hist,
-    const A* __restrict__ v_hist, int k, int n, int iters, A eps, A log_mu, A log_nu, A log_scale, ScratchRef scratch,
+    const A* __restrict__ v_hist, int k, int n, int iters, A eps, A log_mu, A log_nu, ScratchRef scratch,
     scalar_t* __restrict__ out) {
   const int64_t image = blockIdx.x;
   const int64_t kn = static_cast<int64_t>(k) * n;
@@ -111,26 +115,24 @@ __global__ __launch_bounds__(kThreads) void sinkhorn_backward_kernel(
   A* gv = cursor.take<A>(static_cast<int64_t>(iters) * n);
   A* gu = cursor.take<A>(static_cast<int64_t>(iters) * k);
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const A* u_last = iters > 0 ? us + (iters - 1) * k : nullptr;  // grad_log_plan runs only when iters > 0
-  const A* v_last = iters > 0 ? vs + (iters - 1) * n : nullptr;
+  const A* u_last = us + (iters - 1) * k;
+  const A* v_last = vs + (iters - 1) * n;
   const auto grad_log_plan = [&](int r, int j) {  // g * plan = dL/dlog(plan), which feeds z, u_{T-1} and v_{T-1}
-    return g[r * n + j] * exp_acc(z(r, j) + u_last[r] + v_last[j] + log_scale);
+    return g[r * n + j] * exp_acc(z(r, j) + u_last[r] + v_last[j] - log_nu);
   };
 
-  if (iters > 0) {
-    for (int r = warp; r < k; r += kWarps) {
-      A s = 0;
-      for (int j = lane; j < n; j += kWarpSize) s += grad_log_plan(r, j);
-      s = warp_sum(s);
-      if (lane == 0) gu_in[r] = s;
-    }
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-      A s = 0;
-      for (int r = 0; r < k; ++r) s += grad_log_plan(r, j);
-      gv[(iters - 1) * n + j] = s;
-    }
-    __syncthreads();
+  for (int r = warp; r < k; r += kWarps) {
+    A s = 0;
+    for (int j = lane; j < n; j += kWarpSize) s += grad_log_plan(r, j);
+    s = warp_sum(s);
+    if (lane == 0) gu_in[r] = s;
   }
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    A s = 0;
+    for (int r = 0; r < k; ++r) s += grad_log_plan(r, j);
+    gv[(iters - 1) * n + j] = s;
+  }
+  __syncthreads();
   for (int t = iters - 1; t >= 0; --t) {
     const A* u = us + t * k;
     const A* v = vs + t * n;
@@ -159,7 +161,7 @@ __global__ __launch_bounds__(kThreads) void sinkhorn_backward_kernel(
   for (int e = threadIdx.x; e < k * n; e += blockDim.x) {
     const int r = e / n, j = e % n;
     const A zz = z(r, j);
-    A value = iters > 0 ? grad_log_plan(r, j) : g[e] * exp_acc(zz + log_scale);
+    A value = grad_log_plan(r, j);
     for (int t = iters - 1; t >= 0; --t) {
       const A ur = us[t * k + r];
       value -= gv[t * n + j] * exp_acc(zz + ur + vs[t * n + j] - log_nu);
@@ -173,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& s
                                                              c10::string_view marginals) {
   check_sinkhorn_args(scores_in, eps, iters);
   const int64_t b = scores_in.size(0), k = scores_in.size(1), n = scores_in.size(2);
-  const auto [log_mu, log_nu, log_scale] = sinkhorn_log_marginals(k, n, marginals);
+  const auto [log_mu, log_nu] = sinkhorn_log_marginals(k, n, marginals);
   check_int_range(k * n, "K * N");
   check_int_range(iters, "iters");
   check_int_range(iters * (k + n), "T * (K + N)");
@@ -189,8 +191,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& s
     const Scratch scratch(aligned_bytes<A>(k) + aligned_bytes<A>(n), b, scores);
     sinkhorn_kernel<scalar_t, A><<<static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), current_stream()>>>(
         scores.const_data_ptr<scalar_t>(), static_cast<int>(k), static_cast<int>(n), static_cast<int>(iters),
-        static_cast<A>(eps), static_cast<A>(log_mu), static_cast<A>(log_nu), static_cast<A>(log_scale),
-        scratch.ref(), plan.mutable_data_ptr<scalar_t>(), u.mutable_data_ptr<A>(), v.mutable_data_ptr<A>());
+        static_cast<A>(eps), static_cast<A>(log_mu), static_cast<A>(log_nu), scratch.ref(),
+        plan.mutable_data_ptr<scalar_t>(), u.mutable_data_ptr<A>(), v.mutable_data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {plan, u, v};
@@ -200,7 +202,7 @@ at::Tensor sinkhorn_backward_cuda(const at::Tensor& grad_plan, const at::Tensor&
                                   const at::Tensor& v_in, double eps, c10::string_view marginals) {
   check_sinkhorn_backward_args(grad_plan, scores_in, u_in, v_in, eps);
   const int64_t b = scores_in.size(0), k = scores_in.size(1), n = scores_in.size(2), iters = u_in.size(1);
-  const auto [log_mu, log_nu, log_scale] = sinkhorn_log_marginals(k, n, marginals);
+  const auto [log_mu, log_nu] = sinkhorn_log_marginals(k, n, marginals);
   check_int_range(k * n, "K * N");
   check_int_range(iters, "iters");
   check_int_range(iters * (k + n), "T * (K + N)");
@@ -219,8 +221,7 @@ at::Tensor sinkhorn_backward_cuda(const at::Tensor& grad_plan, const at::Tensor&
         <<<static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), current_stream()>>>(
             grad.const_data_ptr<A>(), scores.const_data_ptr<scalar_t>(), u.const_data_ptr<A>(), v.const_data_ptr<A>(),
             static_cast<int>(k), static_cast<int>(n), static_cast<int>(iters), static_cast<A>(eps),
-            static_cast<A>(log_mu), static_cast<A>(log_nu), static_cast<A>(log_scale), scratch.ref(),
-            out.mutable_data_ptr<scalar_t>());
+            static_cast<A>(log_mu), static_cast<A>(log_nu), scratch.ref(), out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
