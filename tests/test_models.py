@@ -1,21 +1,28 @@
 """Reducing ViTs: token counts (SPEC §0.1), parity with timm, method properties (SPEC §13), training, errors."""
 
+import copy
 import time
 
+import numpy as np
 import pytest
 import timm
 import torch
+from timm.utils import ModelEmaV3
 
 import tokred
 from tokred.patch import ReducingVisionTransformer
+from tokred.reducers.dynamicvit import Predictor
+from tokred.reducers.radial import L1Pattern, L2Pattern, LinfPattern
+from tokred.schedule import stage_targets
 
 RATES = [0.25, 0.5, 0.7, 0.9]
 K = {0.25: [49, 12, 3], 0.5: [98, 49, 24], 0.7: [137, 96, 67], 0.9: [176, 158, 142]}  # SPEC §0.1
-RADIAL = {  # SPEC §3.1
-    "l1": {0.25: [40, 12, 4], 0.5: [84, 40, 24], 0.7: [136, 84, 60], 0.9: [172, 156, 136]},
+RADIAL = {  # SPEC §3.1: the study's float32 shells
+    "l1": {0.25: [40, 12, 4], 0.5: [92, 40, 24], 0.7: [136, 92, 68], 0.9: [172, 156, 136]},
     "l2": {0.25: [52, 12, 4], 0.5: [96, 52, 24], 0.7: [140, 96, 68], 0.9: [176, 156, 140]},
     "linf": {0.25: [36, 16, 4], 0.5: [100, 36, 16], 0.7: [144, 100, 64], 0.9: [196, 144, 144]},
 }
+EXACT_L1 = {0.25: [40, 12, 4], 0.5: [84, 40, 24], 0.7: [136, 84, 60], 0.9: [172, 156, 136]}  # integer shells
 TOME = {0.25: [98, 61, 52], 0.5: [98, 49, 25], 0.7: [137, 96, 67], 0.9: [176, 158, 142]}
 EXACT_K = ["topk", "dynamicvit", "kmedoids", "dpc_knn", "sit", "patchmerger", "sinkhorn"]
 LEARNED = {"dynamicvit": "predictor", "dpc_knn": "score", "sit": "mlp", "patchmerger": "queries", "sinkhorn": "centres"}
@@ -188,25 +195,6 @@ def test_training_step(images, method):
         assert grads and all(g is not None and g.abs().sum() > 0 for g in grads), "no gradient reaches the reducer"
 
 
-@pytest.mark.parametrize("method", ["topk", "evit", "l2", "dpc_knn", "sinkhorn"])
-def test_bfloat16_autocast(images, method):
-    model = tiny(method, 0.5).eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        low = model(images[:2])
-    with torch.no_grad():
-        full = model(images[:2])
-    assert low.dtype == torch.bfloat16 and low.isfinite().all()
-    torch.testing.assert_close(low.float(), full, rtol=0.1, atol=0.1)
-
-
-@pytest.mark.parametrize("method", ["topk", "evit", "l1"])
-def test_torch_compile_pruning(images, method):
-    model = tiny(method, 0.5).eval()
-    compiled = torch.compile(model, fullgraph=True)
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(images[:2]), model(images[:2]), rtol=1e-4, atol=1e-4)
-
-
 BAD = [
     (dict(method="topk", keep_rate=0.0), ValueError, r"keep_rate must be a number in \(0, 1\]"),
     (dict(method="topk", keep_rate=1.5), ValueError, "keep_rate"),
@@ -215,8 +203,24 @@ BAD = [
     (dict(method="kmedoids", reduction_loc=(0, 3)), ValueError, r"must lie in \[1, 9\]"),
     (dict(method="kmeans"), ValueError, "unknown method 'kmeans'"),
     (dict(method="dpc_knn", options=dict(tie_break="coin")), ValueError, "tie_break"),
-    (dict(method="ats", options=dict(shape="round")), TypeError, "method 'ats' has no option 'shape'; 'ats' takes rule"),
+    (
+        dict(method="ats", options=dict(shape="round")),
+        TypeError,
+        "method 'ats' has no option 'shape'; 'ats' takes rule",
+    ),
     (dict(method="tome", options=dict(rounds="False")), TypeError, "option 'rounds' of method 'tome' takes a bool"),
+    (dict(method="sinkhorn", options=dict(unit_tokens="False")), TypeError, "option 'unit_tokens' .* takes a bool"),
+    (dict(method="l1", options=dict(coordinates="float64")), ValueError, "coordinates must be one of"),
+    (dict(method="topk", keep_rate="0.5"), ValueError, "keep_rate must be a number"),
+    (dict(method="topk", reduction_loc=3), TypeError, r"sequence of block indices, e.g. \(3, 6, 9\), or \(3,\)"),
+    (dict(method="topk", reduction_loc="369"), TypeError, "sequence of block indices"),
+    (dict(method="topk", reduction_loc=(3.0, 6.0)), TypeError, "must hold block indices"),
+    (
+        dict(method="topk", keep_rate=0.05),
+        ValueError,
+        r"keep_rate 0.05 keeps 9/0/0 of 196 patches at blocks \[3, 6, 9\].*smallest keep_rate that does is 0.173",
+    ),
+    (dict(method="l1", keep_rate=0.05, reduction_loc=(3, 6)), ValueError, "9/0 .*with 2 stages .* is 0.072"),
 ]
 
 
@@ -233,10 +237,45 @@ def test_bad_configuration(kwargs, error, message):
         )
 
 
+def test_smallest_keep_rates_in_the_errors_are_right():
+    """The keep rates the schedule errors above name are the smallest, to three decimals, that keep a token."""
+    for stages, rate in ((3, 0.173), (2, 0.072)):
+        assert int(196 * rate**stages) >= 1 and int(196 * (rate - 0.001) ** stages) == 0
+
+
+def test_numpy_numbers_are_accepted(images):
+    model = tiny("topk", np.float32(0.5), loc=np.array([3, 6, 9])).eval()
+    assert model.keep_rate == 0.5 and type(model.keep_rate) is float
+    with torch.no_grad():
+        _, trace = model(images, trace=True)
+    assert [s.block for s in trace.stages] == [3, 6, 9]
+    assert [int(s.token_counts[0]) for s in trace.stages] == K[0.5]
+
+
 def test_wrong_image_size():
     model = tiny("topk")
     with pytest.raises(ValueError, match=r"built for \(224, 224\) images, got \(192, 192\)"):
         model(torch.randn(1, 3, 192, 192))
+    with pytest.raises(ValueError, match=r"got shape \(3, 224, 224\): for one image \[3, H, W\] pass x\[None\]"):
+        model(torch.randn(3, 224, 224))
+
+
+def test_keep_rate_is_read_only(images):
+    """Assigning keep_rate raises (the stages are sized by it); copies, EMA and state dicts carry the model."""
+    model = tiny("dynamicvit", 0.5).eval()
+    with pytest.raises(AttributeError, match=r"keep_rate is fixed when the model is built \(here 0.5\).*keep_rate=0.1"):
+        model.keep_rate = 0.1
+    assert model.keep_rate == 0.5 and model.keep_ratios == [0.5, 0.25, 0.125]
+    twin = copy.deepcopy(model)
+    ema = ModelEmaV3(model, decay=0.5)
+    ema.update(model)
+    fresh = tiny("dynamicvit", 0.5).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        want = model(images[:2])
+        for other in (twin, ema.module, fresh):
+            assert other.keep_rate == 0.5
+            torch.testing.assert_close(other(images[:2]), want)
 
 
 def test_unsupported_models():
@@ -357,3 +396,79 @@ def test_sinkhorn_fixed_mode(images):
     torch.testing.assert_close(out[:, 1:], expected)
     with torch.no_grad():
         assert model(images[:2]).isfinite().all()
+
+
+@pytest.mark.parametrize("coordinates", ["float32", "exact"])
+@pytest.mark.parametrize("pattern", [L1Pattern, L2Pattern, LinfPattern])
+def test_radial_shells(pattern, coordinates):
+    """SPEC §3.1's table: the study's float32 shells by default, the integer shells as the "exact" variant (they
+    differ for ℓ1 only)."""
+    table = EXACT_L1 if (pattern.norm, coordinates) == ("l1", "exact") else RADIAL[pattern.norm]
+    for r in RATES:
+        stages = pattern.stages(48, stage_targets(r, 3, 196), 196, coordinates=coordinates)
+        assert [s.target for s in stages] == table[r]
+        kept = torch.arange(196)
+        for stage in stages:
+            kept = kept[stage.keep]
+            assert len(kept) == stage.target
+        if pattern.norm != "l1":
+            others = pattern.stages(48, stage_targets(r, 3, 196), 196, coordinates="exact")
+            assert all(torch.equal(a.keep, b.keep) for a, b in zip(stages, others, strict=True))
+
+
+def test_l1_float32_shells_add_the_studys_patches():
+    """r = 0.5, stage 1: the 84-cell diamond plus the eight cells SPEC §3.1 lists."""
+    targets = stage_targets(0.5, 3, 196)
+    study = set(L1Pattern.stages(48, targets, 196)[0].keep.tolist())
+    exact = set(L1Pattern.stages(48, targets, 196, coordinates="exact")[0].keep.tolist())
+    extra = {(1, 5), (1, 8), (5, 1), (5, 12), (8, 1), (8, 12), (12, 5), (12, 8)}
+    assert exact < study and study - exact == {14 * row + col for row, col in extra}
+    rows, cols = np.divmod(sorted(exact), 14)
+    assert ((np.abs(rows - 6.5) + np.abs(cols - 6.5)) <= 6).all()  # the exact set is the ℓ1 diamond of radius 6
+
+
+def test_parse_options_types_values():
+    assert tokred.reducers.parse_options("tome", ["rounds=false"]) == {"rounds": False}
+    parsed = tokred.reducers.parse_options("sinkhorn", ["eps=0.5", "iters=5", "unit_tokens=no", "merge=mean"])
+    assert parsed == {"eps": 0.5, "iters": 5, "unit_tokens": False, "merge": "mean"}
+    assert [type(v) for v in parsed.values()] == [float, int, bool, str]
+    assert tokred.reducers.parse_options("l1", ["coordinates=exact"]) == {"coordinates": "exact"}
+    with pytest.raises(ValueError, match="option iters='many' of method 'sinkhorn' is not a int"):
+        tokred.reducers.parse_options("sinkhorn", ["iters=many"])
+    with pytest.raises(ValueError, match="'topk' takes none"):
+        tokred.reducers.parse_options("topk", ["rounds=true"])
+
+
+def test_dynamicvit_predictor_with_every_token_dropped():
+    """An image with no kept token gets the global mean 0 + eps (the study's is 0/0 = NaN); any other image
+    gets exactly the study's value (SPEC §3.4)."""
+    torch.manual_seed(0)
+    predictor = Predictor(48)
+    x = torch.randn(3, 20, 48)
+    policy = (torch.rand(3, 20) < 0.5).float()
+    policy[0, 0], policy[2] = 1.0, 0.0  # image 2: every token dropped
+    with torch.no_grad():
+        out = predictor(x, policy)
+        h = predictor.inner(x)
+        weight = policy[..., None]
+        shared = (h[..., 24:] * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True) + 1e-6
+        study = predictor.outer(torch.cat([h[..., :24], shared.expand(-1, 20, -1)], -1)).log_softmax(-1)
+        empty = torch.full((1, 20, 24), 1e-6)
+        eps_only = predictor.outer(torch.cat([h[2:, :, :24], empty], -1)).log_softmax(-1)
+    assert study[2].isnan().all() and out.isfinite().all()
+    assert torch.equal(out[:2], study[:2]) and torch.equal(out[2:], eps_only)
+
+
+def test_dynamicvit_training_when_a_stage_drops_everything(images):
+    """A first stage that drops every token (as at low keep rates): the loss and all gradients stay finite."""
+    model = tiny("dynamicvit", 0.25).train()
+    last = model.reducers["3"].predictor.outer[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([-50.0, 50.0]))  # channel 0 (keep) far below drop
+    logits, aux = model(images[:2], aux=True)
+    assert all((d == 0).all() for d in aux["decisions"])
+    criterion = tokred.DynamicViTLoss(torch.nn.CrossEntropyLoss(), model.keep_ratios)
+    loss = criterion(logits, aux, torch.tensor([0, 1]), (torch.randn_like(logits), torch.randn_like(aux["tokens"])))
+    loss.backward()
+    assert loss.isfinite() and all(p.grad.isfinite().all() for p in model.parameters() if p.grad is not None)

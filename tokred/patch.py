@@ -2,13 +2,17 @@
 
 from collections.abc import Sequence
 
+import torch
 from timm.layers import Attention
+from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from tokred.attention import AttentionExtras, attend
 from tokred.reducers import METHODS, build_reducers
 from tokred.reducers.base import Reducer
+from tokred.schedule import check_keep_rate
 from tokred.state import TokenState
 from tokred.trace import Trace
 
@@ -37,34 +41,63 @@ class ReducingVisionTransformer(VisionTransformer):
     """timm ``VisionTransformer``.
 
     Modifications: ``self.reducers`` (a ModuleDict keyed by block index) reduce tokens at their blocks;
-    ``forward(x, trace=True)`` returns ``(logits, Trace)``. Backbone parameters and their names are unchanged.
+    ``forward(x, trace=True)`` returns ``(logits, Trace)``; ``set_grad_checkpointing()`` checkpoints every block
+    (pre-block reducers run outside); ``forward_intermediates`` returns the reduced token sets. ``keep_rate`` is
+    read-only. Backbone parameters and their names are unchanged.
     """
 
     reducers: nn.ModuleDict
     method: str
-    keep_rate: float
+    _keep_rate: float
+
+    @property
+    def keep_rate(self) -> float:
+        """r, fixed when the model is built."""
+        return self._keep_rate
+
+    @keep_rate.setter
+    def keep_rate(self, value: float) -> None:
+        raise AttributeError(
+            f"keep_rate is fixed when the model is built (here {self._keep_rate}): it sets each stage's token count "
+            f"K_s, which sizes the stages' learned modules. For keep rate {value!r}, build another model: "
+            f"tokred.create_model(name, {self.method!r}, keep_rate={value!r}) or tokred.patch on a fresh timm model"
+        )
 
     def forward_features(  # type: ignore[override]
         self, x: Tensor, trace: Trace | None = None, decisions: list[Tensor] | None = None
     ) -> Tensor:
         """Tokens [B, N', C] after the final norm; fills ``trace`` and DynamicViT's training ``decisions``."""
-        if tuple(x.shape[-2:]) != tuple(self.patch_embed.img_size):
-            raise ValueError(
-                f"this model was built for {tuple(self.patch_embed.img_size)} images, got {tuple(x.shape[-2:])}: "
-                "resize the input or create the model with img_size=..."
-            )
+        x, _ = self._run_blocks(x, trace, decisions)
+        return self.norm(x)
+
+    def _run_blocks(
+        self,
+        x: Tensor,
+        trace: Trace | None = None,
+        decisions: list[Tensor] | None = None,
+        take: Sequence[int] = (),
+        last: int | None = None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Images x [B, 3, H, W] → the tokens [B, N', C] after block ``last`` (default: the last block), and
+        the tokens after each block in ``take``, in block order (before the final norm)."""
+        self._check_images(x)
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
         state = TokenState.start(x, self.num_prefix_tokens, tracing=trace is not None)
         for reducer in self.reducers.values():
             state = reducer.prepare(x, state)
         extras = AttentionExtras()
+        checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
+        taken: list[Tensor] = []
         for index, block in enumerate(self.blocks):
             reducer = self.reducer_at(index)
             details: dict = {}
             if reducer is not None and reducer.hook == "pre":
                 x, state, details = reducer(x, state, extras)
             in_block = reducer if reducer is not None and reducer.hook == "in" else None
-            x, state, extras, in_details = block(x, state, self._wants(index), in_block)
+            args = (x, state, self._wants(index), in_block)
+            x, state, extras, in_details = (
+                checkpoint(block, *args, use_reentrant=False) if checkpointing else block(*args)
+            )
             details |= in_details
             if decisions is not None and "decision" in details:
                 decisions.append(details["decision"])
@@ -74,7 +107,21 @@ class ReducingVisionTransformer(VisionTransformer):
                         state.stage_trace(x, index, **{k: v for k, v in details.items() if k != "decision"})
                     )
                 trace.cls_features.append(x[:, 0])
-        return self.norm(x)
+            if index in take:
+                taken.append(x)
+            if index == last:
+                break
+        return x, taken
+
+    def _check_images(self, x: Tensor) -> None:
+        if x.ndim != 4:
+            hint = ": for one image [3, H, W] pass x[None]" if x.ndim == 3 else ""
+            raise ValueError(f"expected a batch of images [B, 3, H, W], got shape {tuple(x.shape)}{hint}")
+        if tuple(x.shape[-2:]) != tuple(self.patch_embed.img_size):
+            raise ValueError(
+                f"this model was built for {tuple(self.patch_embed.img_size)} images, got {tuple(x.shape[-2:])}: "
+                "resize the input or create the model with img_size=..."
+            )
 
     def reducer_at(self, index: int) -> Reducer | None:
         key = str(index)
@@ -104,6 +151,73 @@ class ReducingVisionTransformer(VisionTransformer):
         if decisions is not None:
             return logits, {"decisions": decisions, "tokens": features[:, self.num_prefix_tokens :]}
         return logits
+
+    def forward_intermediates(  # type: ignore[override]
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> list | tuple[Tensor, list] | dict[str, object]:
+        """timm's ``forward_intermediates`` (same arguments and outputs) on the reducing forward.
+
+        Modifications: the intermediate of block i is the token set that block outputs, so from the first
+        reduction block on it holds that stage's reduced spatial tokens [B, N_i, C] in the method's order (kept
+        tokens, merged tokens, EViT's fused token last, ATS's masked padding slots), not the patch grid: those
+        blocks need ``output_fmt="NLC"``. DynamicViT in training keeps all tokens (masked). ``attn_mask`` and
+        ``is_causal`` are refused (the reducers set the attention bias).
+        """
+        if attn_mask is not None or is_causal:
+            raise ValueError(
+                "tokred's reducing forward sets its own attention bias: attn_mask and is_causal are refused"
+            )
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        first = min(map(int, self.reducers), default=len(self.blocks))
+        reduced = sorted(i for i in take if i >= first)
+        if output_fmt == "NCHW" and reduced:
+            raise ValueError(
+                f"tokred ({self.method}): blocks {reduced} output reduced token sets, not the patch grid (the first "
+                f"reduction is at block {first}): pass output_fmt='NLC', or indices before block {first}; "
+                "model(x, trace=True) tells where each patch went"
+            )
+        height, width = x.shape[-2:]
+        x, intermediates = self._run_blocks(x, take=take, last=max_index if stop_early else None)
+        p = self.num_prefix_tokens
+        intermediates = [self.norm(y) if norm else y for y in intermediates]
+        prefix_tokens = [y[:, :p] for y in intermediates]
+        intermediates = [y[:, p:] for y in intermediates]
+        if output_fmt == "NCHW":
+            grid_h, grid_w = self.patch_embed.dynamic_feat_size((height, width))
+            intermediates = [
+                y.reshape(len(y), grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates
+            ]
+        if output_dict:
+            result: dict[str, object] = {"image_intermediates": intermediates}
+            if return_prefix_tokens and p:
+                result["image_intermediates_prefix"] = prefix_tokens
+            if not intermediates_only:
+                result["image_features"] = self.norm(x)
+            return result
+        if return_prefix_tokens and p:
+            intermediates = list(zip(intermediates, prefix_tokens, strict=True))
+        return intermediates if intermediates_only else (self.norm(x), intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """timm's, plus: the stages at pruned blocks go too."""
+        take = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        for key in [k for k in self.reducers if int(k) >= len(self.blocks)]:
+            del self.reducers[key]
+        return take
 
     @property
     def keep_ratios(self) -> list[float]:
@@ -174,7 +288,7 @@ def patch(
     model.__class__ = ReducingVisionTransformer
     model.reducers = reducers
     model.method = method
-    model.keep_rate = keep_rate
+    model._keep_rate = check_keep_rate(keep_rate)
     return model
 
 

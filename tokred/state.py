@@ -41,13 +41,12 @@ class TokenState:
 
     def attn_bias(self, dtype: torch.dtype) -> Tensor | None:
         """Additive key bias [B, 1, 1, N] for attention, or None when no token needs one."""
-        bias = self.size.log() if self.proportional and self.size is not None else None
+        bias = self.size.log().to(dtype) if self.proportional and self.size is not None else None
         if self.mask is not None:
-            masked = torch.zeros(self.mask.shape, device=self.mask.device).masked_fill(
-                ~self.mask, torch.finfo(dtype).min
-            )
+            masked = torch.zeros(self.mask.shape, device=self.mask.device, dtype=dtype)
+            masked = masked.masked_fill(~self.mask, torch.finfo(dtype).min)
             bias = masked if bias is None else bias + masked
-        return None if bias is None else bias[:, None, None, :].to(dtype)
+        return None if bias is None else bias[:, None, None, :]
 
     def spatial_mask(self, x: Tensor) -> Tensor:
         """[B, N - num_prefix] bool, True for real spatial tokens."""

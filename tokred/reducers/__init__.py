@@ -17,7 +17,7 @@ from tokred.reducers.sinkhorn import Sinkhorn
 from tokred.reducers.sit import SiT
 from tokred.reducers.tome import ToMe
 from tokred.reducers.topk import TopK
-from tokred.schedule import check_reduction_loc, stage_targets
+from tokred.schedule import check_reduction_loc, check_schedule
 
 METHODS: dict[str, type[Reducer]] = {
     "l1": L1Pattern,
@@ -70,7 +70,7 @@ def build_reducers(
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     kind = METHODS[method]
     loc = check_reduction_loc(reduction_loc, depth, first=kind.first_block)
-    targets = stage_targets(keep_rate, len(loc), num_patches)
+    targets = check_schedule(keep_rate, loc, num_patches)
     stages = kind.stages(dim, targets, num_patches, **check_options(method, kind, options))
     return nn.ModuleDict({str(block): stage for block, stage in zip(loc, stages, strict=True)})
 

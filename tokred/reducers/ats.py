@@ -1,5 +1,6 @@
 """ATS: adaptive token sampling by inverting the CDF of significance scores (SPEC §3.5)."""
 
+import torch
 from torch import Tensor
 
 from tokred import ops
@@ -15,7 +16,8 @@ class ATS(Reducer):
     Options:
         rule: "nearest" (the study) or "inverse" (textbook inverse transform).
         trim: drop padding columns no image uses, as the study did (one host sync per stage); False keeps the
-            sequence at the upper bound, free of syncs (for torch.compile / CUDA graphs).
+            sequence at the upper bound, free of syncs (for torch.compile / CUDA graphs). Under torch.jit.trace
+            the stage never trims, so the traced graph does not freeze one batch's width (same logits).
     """
 
     info = MethodInfo("ATS", "adaptive pruning", keeps_patches=True, any_rate=True)
@@ -32,7 +34,7 @@ class ATS(Reducer):
         p = state.num_prefix
         significance = (extras.cls_attn[:, :, p:] * extras.value_norm[:, :, p:]).sum(1)  # [B, N]
         sample = ops.ats_sample(significance.detach().float(), state.spatial_mask(x), self.target, self.rule)
-        if self.trim:
+        if self.trim and not torch.jit.is_tracing():
             sample = ops.trim_to_batch_max(sample)
         x, state = state.select(x, sample.ids, sample.mask)
         return x, state, {}

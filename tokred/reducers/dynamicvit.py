@@ -14,7 +14,8 @@ from tokred.state import TokenState
 
 class Predictor(nn.Module):
     """Keep/drop log-probabilities [B, N, 2] (channel 0: keep) for tokens x [B, N, C] under the keep
-    decisions policy [B, N]: a local half of the features plus a policy-weighted global mean of the other half."""
+    decisions policy [B, N]: a local half of the features plus a policy-weighted global mean of the other half
+    (the study's value wherever it is finite; 0 + eps, not 0/0, for an image with every token dropped)."""
 
     def __init__(self, dim: int, eps_in_denominator: bool = False) -> None:
         super().__init__()
@@ -30,8 +31,12 @@ class Predictor(nn.Module):
         weight = policy[..., None].to(h.dtype)
         total = (h[..., half:] * weight).sum(1, keepdim=True)
         count = weight.sum(1, keepdim=True)
-        # the study adds its eps after the division; the option moves it into the denominator
-        shared = total / (count + 1e-6) if self.eps_in_denominator else total / count + 1e-6
+        # the study adds its eps after the division (the option moves it into the denominator); an image whose
+        # tokens are all dropped has total = 0 and count = 0: its mean is 0 + eps, where the study's is 0/0 = NaN
+        if self.eps_in_denominator:
+            shared = total / (count + 1e-6)
+        else:
+            shared = total / count.masked_fill(count == 0, 1) + 1e-6
         features = torch.cat([h[..., :half], shared.expand(-1, x.shape[1], -1)], dim=-1)
         return self.outer(features).log_softmax(dim=-1)
 

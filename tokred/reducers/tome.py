@@ -31,9 +31,11 @@ def match(metric: Tensor, removal: int) -> Tensor:
 
 
 def weighted_mean(values: Tensor, size: Tensor, index: Tensor, count: int) -> Tensor:
-    """Size-weighted means [B, count, D] of values [B, N, D] grouped by index [B, N]."""
-    summed = values.new_zeros(values.shape[0], count, values.shape[-1])
-    summed.scatter_add_(1, index[..., None].expand_as(values), values * size[..., None])
+    """Size-weighted means [B, count, D] of values [B, N, D] grouped by index [B, N], in the promoted dtype of
+    values and size [B, N] (under autocast the keys are half precision, the sizes float32)."""
+    weighted = values * size[..., None]
+    summed = weighted.new_zeros(values.shape[0], count, values.shape[-1])
+    summed.scatter_add_(1, index[..., None].expand_as(values), weighted)
     total = size.new_zeros(size.shape[0], count).scatter_add_(1, index, size)
     return summed / total[..., None]
 
