@@ -208,6 +208,7 @@ BAD = [
         TypeError,
         "method 'ats' has no option 'shape'; 'ats' takes rule",
     ),
+    (dict(method="sinkhorn", options=dict(iters=0)), ValueError, "Sinkhorn needs iters >= 1"),
     (dict(method="tome", options=dict(rounds="False")), TypeError, "option 'rounds' of method 'tome' takes a bool"),
     (dict(method="sinkhorn", options=dict(unit_tokens="False")), TypeError, "option 'unit_tokens' .* takes a bool"),
     (dict(method="l1", options=dict(coordinates="float64")), ValueError, "coordinates must be one of"),

@@ -39,6 +39,8 @@ class Sinkhorn(Reducer):
         super().__init__(dim, target)
         if merge not in ("sum", "mean"):
             raise ValueError(f"merge must be 'sum' or 'mean', got {merge!r}")
+        if iters < 1 or not eps > 0:
+            raise ValueError(f"Sinkhorn needs iters >= 1 and eps > 0, got iters={iters}, eps={eps}")
         self.eps, self.iters, self.marginals, self.merge, self.unit_tokens = eps, iters, marginals, merge, unit_tokens
         self.centres = nn.Parameter(torch.randn(target, dim))
 
