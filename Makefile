@@ -22,7 +22,7 @@ lint: install
 
 demo: install
 	$(PYTHON) train/main.py --method dpc_knn --r 0.5 --epochs 7 --batch-size 32 --lr 5e-4 --lr-batch-normalizer 32 \
-		--amp bf16 --run-name demo_deit_tiny_dpc_knn
+		--amp bf16 --run-name demo_deit_tiny_dpc_knn --resume auto
 
 bench: install
 	$(PYTHON) bench/ops.py

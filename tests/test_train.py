@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +35,9 @@ SMALL = [
 ]
 
 
-def train(args: list[str], tmp_path: Path, launcher: list[str] | None = None, **popen) -> subprocess.Popen:
+def train(
+    args: list[str], tmp_path: Path, launcher: list[str] | None = None, env: dict[str, str] | None = None, **popen
+) -> subprocess.Popen:
     command = [
         *(launcher or [sys.executable]),
         str(ROOT / "train" / "main.py"),
@@ -43,7 +46,7 @@ def train(args: list[str], tmp_path: Path, launcher: list[str] | None = None, **
         str(tmp_path),
         *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -69,8 +72,10 @@ def test_one_process_run_writes_metrics_checkpoints_and_evaluates(tmp_path):
 
 
 def test_two_gloo_processes_stay_in_sync(tmp_path):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    args = ["--epochs", "1", "--accum-steps", "2", "--ema-decay", "0.9", "--amp", "bf16", "--run-name", "ddp"]
+    """tokred's torchrun (python -m tokred.launch), given the script's --r that stock torchrun rejects."""
+    launcher = [sys.executable, "-m", "tokred.launch", "--nproc_per_node=2"]
+    args = ["--epochs", "1", "--accum-steps", "2", "--ema-decay", "0.9", "--amp", "bf16", "--r", "0.5"]
+    args += ["--run-name", "ddp"]
     out = finish(train(args, tmp_path, launcher))
     assert "2 processes hold identical parameters" in out
     metrics = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text())
@@ -83,7 +88,10 @@ def test_two_gloo_processes_stay_in_sync(tmp_path):
     assert abs(acc1 - metrics["test_acc1"]) <= 100 / 16
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
+def test_killed_run_resumes_to_the_same_weights_and_metrics(tmp_path):
+    """SIGKILL inside epoch 0 (after its first checkpoint), then an exit after epoch 0's metrics were written but
+    before its checkpoint: the resumed run ends with the weights and the metrics.jsonl of an uninterrupted run
+    (each epoch once, its train_loss over all its steps)."""
     args = [
         "--epochs",
         "2",
@@ -108,14 +116,22 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     killed_at = torch.load(last, weights_only=False)["progress"]
-    out = finish(train([*args, "--run-name", "killed", "--resume", "auto"], tmp_path))
+    exits = train(
+        [*args, "--run-name", "killed", "--resume", "auto"], tmp_path, env={"TOKRED_EXIT_AT": "epoch-metrics"}
+    )
+    out, _ = exits.communicate(timeout=300)
     assert f"resumed from {last} at epoch {killed_at['epoch']}, step {killed_at['step']}" in out
+    assert exits.returncode == 3 and (tmp_path / "killed" / "metrics.jsonl").read_text().count("\n") == 1, out[-2000:]
+    out = finish(train([*args, "--run-name", "killed", "--resume", "auto"], tmp_path))
+    assert "dropped the metrics of epoch(s) 0" in out
     straight = torch.load(tmp_path / "straight" / "checkpoint.pth", weights_only=False)
     resumed = torch.load(last, weights_only=False)
     assert resumed["progress"] == straight["progress"]
     for key in ("model", "ema"):
         for name, value in straight[key].items():
             assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after the resume"
+    metrics = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("straight", "killed")]
+    assert metrics[0] == metrics[1] and len(metrics[0]) == 2
 
 
 def test_dynamicvit_trains_with_its_loss_and_teacher(tmp_path):
@@ -196,12 +212,51 @@ def test_pretrained_weights_from_a_file(tmp_path):
     assert missing.returncode != 0 and "pretrained weights not found" in out
 
 
-def test_bad_options():
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--eval"], "--eval needs --resume"),
+        (["--method", "kmeans"], "invalid choice: 'kmeans'"),
+        (["--batch-size", "0"], "--batch-size: 0 is not allowed, it must be >= 1"),
+        (["--mixup", "0.8", "--batch-size", "7"], "use an even --batch-size"),
+        (["--clip-grad", "-1"], "--clip-grad: -1 is not allowed, it must be > 0"),
+        (["--clip-grad", "0"], "--clip-grad: 0 is not allowed, it must be > 0"),
+        (["--ema-decay", "1"], r"--ema-decay: 1 is not allowed, it must be in \[0, 1\)"),
+        (["--ema-decay", "-0.5"], r"--ema-decay: -0.5 is not allowed, it must be in \[0, 1\)"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs: -1 is not allowed, it must be >= 0"),
+        (["--heldout-fraction", "1"], r"--heldout-fraction: 1 is not allowed, it must be in \[0, 1\)"),
+        (["--drop-path", "1.5"], r"--drop-path: 1.5 is not allowed, it must be in \[0, 1\)"),
+        (["--smoothing", "1"], r"--smoothing: 1 is not allowed, it must be in \[0, 1\)"),
+        (["--log-every", "0"], "--log-every: 0 is not allowed, it must be >= 1"),
+        (["--checkpoint-every", "0"], "--checkpoint-every: 0 is not allowed, it must be >= 1"),
+        (["--demo-test-size", "0"], "--demo-test-size: 0 is not allowed, it must be >= 1"),
+        (["--lr", "-0.001"], "--lr: -0.001 is not allowed, it must be >= 0"),
+        (["--lr", "nan"], "--lr: nan is not allowed"),
+        (["--workers", "-1"], "--workers: -1 is not allowed, it must be >= 0"),
+        (["--reprob", "2"], r"--reprob: 2 is not allowed, it must be in \[0, 1\]"),
+        (["--global-batch", "0"], "--global-batch: 0 is not allowed"),
+        (["--device", "gpu"], "--device: 'gpu' is not a device torch knows"),
+        (["--method", "tome", "--method-option", "rounds=maybe"], "rounds='maybe' of method 'tome' is not a bool"),
+        (["--method", "topk", "--method-option", "k=1"], "'topk' takes none"),
+    ],
+)
+def test_bad_options_name_the_option_and_what_is_allowed(argv, message, capsys):
     with pytest.raises(SystemExit):
-        parse_args(["--eval"])
+        parse_args(argv)
+    assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+def test_cuda_without_a_gpu_says_what_to_do(capsys):
     with pytest.raises(SystemExit):
-        parse_args(["--method", "kmeans"])
-    with pytest.raises(SystemExit):
-        parse_args(["--batch-size", "0"])
-    with pytest.raises(SystemExit):
-        parse_args(["--mixup", "0.8", "--batch-size", "7"])
+        parse_args(["--device", "cuda"])
+    assert "no CUDA device is visible to torch here; use --device cpu" in capsys.readouterr().err
+
+
+def test_method_options_are_typed_and_repeatable():
+    config = parse_args(
+        ["--method", "dpc_knn", "--method-option", "k_neighbors=3", "--method-option", "tie_break=noise"]
+    )
+    assert config.method_options == {"k_neighbors": 3, "tie_break": "noise"}
+    assert parse_args(["--method", "tome", "--method-option", "rounds=False"]).method_options == {"rounds": False}
+    assert json.loads(parse_args([]).to_json())["method_options"] == {}

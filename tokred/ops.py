@@ -200,6 +200,14 @@ def _check_distance_workspace(op: str, x: Tensor, per_thread: bool) -> None:
         )
 
 
+def _cluster(op: str, x: Tensor, *args: object) -> Clustering:
+    """The clustering ``op`` on x [B, N, C]: the kernel (or the reference), once its workspace fits."""
+    use_kernel = _use_kernel(op, x.device)
+    _check_distance_workspace(op, x, per_thread=use_kernel and x.device.type == "cpu")
+    function = getattr(torch.ops.tokred, op) if use_kernel else getattr(reference, op)
+    return Clustering(*function(x, *args))
+
+
 # ---------------------------------------------------------------------------------------------- ATS
 
 
@@ -260,11 +268,7 @@ def dpc_knn(
         MemoryError: before allocating, when the [N, N] distance matrices alone exceed the device's memory.
     """
     _check_dpc_knn(x, num_clusters, k_neighbors, mask, noise)
-    use_kernel = _use_kernel("dpc_knn", x.device)
-    _check_distance_workspace("dpc_knn", x, per_thread=use_kernel and x.device.type == "cpu")
-    if use_kernel:
-        return Clustering(*torch.ops.tokred.dpc_knn(x, num_clusters, k_neighbors, mask, noise))
-    return Clustering(*reference.dpc_knn(x, num_clusters, k_neighbors, mask, noise))
+    return _cluster("dpc_knn", x, num_clusters, k_neighbors, mask, noise)
 
 
 def _dpc_knn_fake(
@@ -294,11 +298,7 @@ def kmedoids(x: Tensor, weights: Tensor, num_clusters: int, iters: int = 3, rule
         MemoryError: before allocating, when the [N, N] distance matrices alone exceed the device's memory.
     """
     _check_kmedoids(x, weights, num_clusters, iters, rule)
-    use_kernel = _use_kernel("kmedoids", x.device)
-    _check_distance_workspace("kmedoids", x, per_thread=use_kernel and x.device.type == "cpu")
-    if use_kernel:
-        return Clustering(*torch.ops.tokred.kmedoids(x, weights, num_clusters, iters, rule))
-    return Clustering(*reference.kmedoids(x, weights, num_clusters, iters, rule))
+    return _cluster("kmedoids", x, weights, num_clusters, iters, rule)
 
 
 def _kmedoids_fake(x: Tensor, weights: Tensor, num_clusters: int, iters: int, rule: str) -> tuple[Tensor, Tensor]:

@@ -19,11 +19,13 @@ def init(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def shutdown() -> None:
-    """Leave the process group; the collection first avoids gloo aborting at destroy time (seen here)."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group, after the others when ``wait`` (not after a failure: they may be anywhere, and
+    torchrun stops them when this process fails); the collection first avoids gloo aborting at destroy time."""
     gc.collect()
     if dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -3,7 +3,6 @@
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,19 +14,11 @@ from tqdm import tqdm
 
 import tokred
 from train import optim
+from train.checkpoint import Progress
 from train.config import TrainConfig
 from train.distributed import all_reduce_sum, gather_in_order
 from train.losses import Criterion
 from train.metrics import mean_average_precision
-
-
-@dataclass
-class Progress:
-    """Where training stands: optimizer steps so far, and micro-batches done in the current epoch."""
-
-    epoch: int = 0
-    step: int = 0
-    micro: int = 0
 
 
 def reseed(config: TrainConfig, rank: int, step: int) -> None:
@@ -61,13 +52,14 @@ def train_one_epoch(
     """Train until the loader is exhausted; ``bare`` is the model without its DDP wrapper, ``loss`` what
     :func:`train.losses.training_loss` returns. After each optimizer step calls ``on_step(progress, scalars)``
     with the mean loss and lr since the last report every ``log_every`` / ``checkpoint_every`` steps (None
-    otherwise: the loss stays on the device between reports). Returns the epoch's mean loss."""
+    otherwise: the loss stays on the device between reports). The loss read back accumulates in ``progress``
+    (loss_sum, loss_count), so a resumed epoch's mean covers the steps before the resume too. Returns the
+    epoch's mean loss."""
     model.train()
     device = next(bare.parameters()).device
     mixup, criterion = loss
     dynamicvit = isinstance(bare, tokred.ReducingVisionTransformer) and bare.method == "dynamicvit"
     running = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum and micro-batches since the report
-    total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {progress.epoch}", disable=rank != 0, leave=False, initial=progress.micro)
     for images, targets in bar:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -98,20 +90,33 @@ def train_one_epoch(
         reseed(config, rank, progress.step)
         scalars = None
         if progress.step % config.log_every == 0 or progress.step % config.checkpoint_every == 0:
-            loss_sum, micro = running.tolist()
-            running.zero_()
-            if not math.isfinite(loss_sum):
-                raise FloatingPointError(
-                    f"the loss became {loss_sum} before step {progress.step}; lower --lr or use --amp bf16"
-                )
-            total, count = total + loss_sum, count + int(micro)
+            loss_sum, micro = read_loss(running, progress, config, f"before step {progress.step}")
             scalars = {"train_loss": loss_sum / micro, "lr": optimizer.param_groups[-1]["lr"]}
             bar.set_postfix(loss=f"{scalars['train_loss']:.3f}", lr=f"{scalars['lr']:.2e}")
         on_step(progress, scalars)
+    read_loss(running, progress, config, f"in epoch {progress.epoch}")
+    return progress.loss_sum / max(progress.loss_count, 1)
+
+
+def read_loss(running: torch.Tensor, progress: Progress, config: TrainConfig, when: str) -> tuple[float, int]:
+    """(loss sum, micro-batches) since the last read, from ``running`` [2] on the device (then zeroed), added to
+    the epoch's sums in ``progress``; FloatingPointError naming the remedies when the loss is not finite."""
     loss_sum, micro = running.tolist()
+    running.zero_()
     if not math.isfinite(loss_sum):
-        raise FloatingPointError(f"the loss became {loss_sum} in epoch {progress.epoch}; lower --lr or use --amp bf16")
-    return (total + loss_sum) / max(count + int(micro), 1)
+        raise FloatingPointError(f"the loss became {loss_sum} {when}: try {non_finite_remedies(config)}")
+    progress.loss_sum, progress.loss_count = progress.loss_sum + loss_sum, progress.loss_count + int(micro)
+    return loss_sum, int(micro)
+
+
+def non_finite_remedies(config: TrainConfig) -> str:
+    """What can make the loss of this configuration finite again, as options to pass."""
+    remedies = [f"a lower --lr than {config.lr:g}"]
+    if config.amp == "fp16":
+        remedies.insert(0, "--amp bf16 (or --amp none) instead of fp16, whose range overflows")
+    if config.clip_grad is None:
+        remedies.append("--clip-grad 1.0")
+    return ", ".join(remedies)
 
 
 @torch.no_grad()

@@ -52,11 +52,7 @@ def load_teacher(config: TrainConfig, num_classes: int, device: torch.device, **
             config.model, pretrained=True, pretrained_path=config.pretrained_path, **timm_kwargs
         )
     else:
-        state = checkpoint.load(config.teacher)
-        weights = state
-        if "model" in state:
-            from_ema = state.get("best", {}).get("source") == "ema" and state.get("ema") is not None
-            weights = state["ema"] if from_ema else state["model"]
+        weights, _ = checkpoint.Checkpoint.load(config.teacher).weights("best")
         model = tokred.create_backbone(config.model, num_classes=num_classes, **timm_kwargs)
         backbone = {k: v for k, v in weights.items() if not k.startswith("reducers.")}
         try:

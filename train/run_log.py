@@ -9,7 +9,7 @@ log = logging.getLogger("train")
 
 
 class RunLog:
-    """Records of rank 0 (other ranks record nothing). Resuming appends to the same files."""
+    """Records of rank 0 (other ranks record nothing). Resuming appends to the same files (see :meth:`resume`)."""
 
     def __init__(self, run_dir: Path, rank: int, tensorboard: bool) -> None:
         self.run_dir, self.active = run_dir, rank == 0
@@ -20,6 +20,22 @@ class RunLog:
             except ImportError as error:
                 raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from error
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def resume(self, epochs_done: int) -> None:
+        """Drop the metrics of epochs from ``epochs_done`` on: a run killed after an epoch's metrics were written
+        but before its checkpoint was repeats that epoch from the checkpoint."""
+        lines = self.run_dir / "metrics.jsonl"
+        if not self.active or not lines.is_file():
+            return
+        rows = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()]
+        kept = [row for row in rows if row["epoch"] < epochs_done]
+        if len(kept) < len(rows):
+            log.warning(
+                "dropped the metrics of epoch(s) %s from %s: the checkpoint resumed from had not finished them",
+                ", ".join(str(row["epoch"]) for row in rows if row["epoch"] >= epochs_done),
+                lines,
+            )
+            self._write(kept)
 
     def step(self, step: int, scalars: dict[str, float]) -> None:
         """Training scalars (loss, lr) at an optimizer step."""
@@ -43,18 +59,23 @@ class RunLog:
         if not self.active:
             return
         lines = self.run_dir / "metrics.jsonl"
-        with open(lines, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        rows = [json.loads(line) for line in lines.read_text().splitlines()]
-        with open(self.run_dir / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
-            writer.writeheader()
-            writer.writerows(rows)
+        rows = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()] if lines.is_file() else []
+        self._write([*rows, metrics])
         if self.writer is not None:
             for name, value in metrics.items():
                 if name not in ("epoch", "step"):
                     self.writer.add_scalar(f"epoch/{name}", value, metrics["step"])
             self.writer.flush()
+
+    def _write(self, rows: list[dict[str, float]]) -> None:
+        """metrics.jsonl (written whole, then renamed into place) and metrics.csv from it."""
+        tmp = self.run_dir / "metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        tmp.replace(self.run_dir / "metrics.jsonl")
+        with open(self.run_dir / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+            writer.writeheader()
+            writer.writerows(rows)
 
     def close(self) -> None:
         if self.writer is not None:
