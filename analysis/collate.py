@@ -160,6 +160,27 @@ def beside_paper(ours: pd.DataFrame, backbone: str) -> pd.DataFrame:
     return both[[(dataset, r, source) for dataset, r in mine.columns for source in SOURCES]]
 
 
+def paper_reference(runs: pd.DataFrame, backbone: str) -> pd.DataFrame | None:
+    """The paper's numbers for the methods and keep rates of ``runs`` on the paper's datasets, for runs on data the
+    paper has no results of (e.g. the demo data), so that they still stand beside the paper.
+
+    Returns:
+        [1 + methods, paper datasets × keep rates] in the :func:`table6` layout (the baseline first), or None
+        when the paper has no ``backbone`` numbers or has results on one of the runs' datasets (then
+        :func:`beside_paper` puts them side by side).
+    """
+    paper = paper_results()
+    ours = runs[runs["backbone"] == backbone]
+    if backbone not in set(paper["backbone"]) or set(ours["dataset"]) & set(paper["dataset"]):
+        return None
+    theirs = table6(paper, backbone)
+    methods = [METHODS.get(method, method) for method in dict.fromkeys(ours["method"]) if method != BASELINE]
+    rates = sorted(set(ours.loc[ours["method"] != BASELINE, "keep_rate"]) & set(theirs.columns.get_level_values("r")))
+    rows = [theirs.index[0], *(name for name in theirs.index[1:] if name in methods)]
+    columns = [column for column in theirs.columns if column[1] in rates] if rates else list(theirs.columns)
+    return theirs.loc[rows, columns]
+
+
 def table6_long(runs: pd.DataFrame, backbone: str, paper: bool = False) -> pd.DataFrame:
     """The runs of one backbone in tidy form with their marks (columns ``COLUMNS`` + mark, above_baseline; with
     ``paper``, also the paper's value and ours − paper, NaN where the paper has none)."""
@@ -211,7 +232,7 @@ def table6_markdown(table: pd.DataFrame, marks: Marks | None = None, decimals: i
 
 def table6_html(
     table: pd.DataFrame,
-    marks: Marks,
+    marks: Marks | None,
     *,
     paper: pd.DataFrame | None = None,
     caption: str = "",
@@ -223,15 +244,16 @@ def table6_html(
     worst2, worst1 (light blue, blue, dark blue; worst1 the lowest) and above-baseline (bold).
 
     Args:
-        table, marks: :func:`table6` and :func:`rank_marks` output.
+        table, marks: :func:`table6` and :func:`rank_marks` output; ``marks`` None: no marks and no legend.
         paper: the paper's values in the same layout (e.g. the "paper" source of :func:`beside_paper`); each cell
             then also shows the paper's value and ours − paper.
         caption: text put before the legend in the table's caption.
     """
 
     def cell(i: int, j: int, span: int = 1) -> str:
-        rank = marks.rank.iat[i, j]
-        classes = " ".join(filter(None, (rank, "above-baseline" if marks.above_baseline.iat[i, j] else "")))
+        rank = "" if marks is None else marks.rank.iat[i, j]
+        above = marks is not None and marks.above_baseline.iat[i, j]
+        classes = " ".join(filter(None, (rank, "above-baseline" if above else "")))
         attributes = f' colspan="{span}"' * (span > 1) + f' class="{classes}"' * bool(classes)
         attributes += f' title="{rank}"' * bool(rank)
         text = _text(table.iat[i, j], decimals)
@@ -257,8 +279,9 @@ def table6_html(
         f"{kind}: " + " ".join(f'<span class="{kind}{k}">{place}</span>' for k, place in places)
         for kind in ("best", "worst")
     )
+    legend = "" if marks is None else f" {legend}"
     return (
-        f'<table class="table6">\n<caption>{html.escape(caption)} {legend}</caption>\n<thead>\n'
+        f'<table class="table6">\n<caption>{html.escape(caption)}{legend}</caption>\n<thead>\n'
         f"<tr><th></th>{heads}</tr>\n"
         f'<tr class="baseline"><th scope="row">{html.escape(str(table.index[0]))}</th>{base}</tr>\n'
         f'<tr><th scope="row">r (%)</th>{rates}</tr>\n</thead>\n<tbody>\n{rows}</tbody>\n</table>\n'
@@ -267,16 +290,18 @@ def table6_html(
 
 def write_backbone(runs: pd.DataFrame, backbone: str, out_dir: Path, paper: bool) -> str:
     """Writes table6_<backbone>.csv (wide), table6_<backbone>_long.csv (tidy), table6_<backbone>.html (a
-    fragment: <style> and <table>) and, with ``paper``, table6_<backbone>_vs_paper.csv; returns the Markdown
-    rendering (with the differences from the paper when it has this backbone)."""
+    fragment: <style> and <table>) and, with ``paper``, table6_<backbone>_vs_paper.csv (and, for runs on data the
+    paper has no results of, table6_<backbone>_paper.csv: :func:`paper_reference`); returns the Markdown rendering
+    (with the differences from the paper when it has this backbone)."""
     table = table6(runs, backbone)
     marks = rank_marks(table)
-    comparison = None
+    comparison = reference = None
     if paper:
         try:
             comparison = beside_paper(runs, backbone)
         except ValueError as error:
             log.warning("%s: writing ours alone", error)
+        reference = paper_reference(runs, backbone)
     stem = out_dir / f"table6_{backbone}"
     table.to_csv(f"{stem}.csv")
     table6_long(runs, backbone, paper=comparison is not None).to_csv(f"{stem}_long.csv", index=False)
@@ -284,8 +309,15 @@ def write_backbone(runs: pd.DataFrame, backbone: str, out_dir: Path, paper: bool
     caption = f"{_display(backbone)}: {metrics} on the test split, best of the model and its EMA over epochs."
     theirs = None if comparison is None else comparison.xs("paper", axis=1, level="source")
     fragment = table6_html(table, marks, paper=theirs, caption=caption)
-    Path(f"{stem}.html").write_text(f"<style>\n{TABLE6_CSS}</style>\n{fragment}")
     text = f"## Table 6, {_display(backbone)} ({backbone})\n\n{table6_markdown(table, marks)}\n\n{LEGEND}\n"
+    if reference is not None:
+        datasets = ", ".join(DATASETS.get(d, d) for d in sorted(set(runs.loc[runs["backbone"] == backbone, "dataset"])))
+        note = f"The paper has no results on {datasets}; its {_display(backbone)} numbers for these methods"
+        note += " and keep rates, on its datasets:"
+        reference.to_csv(f"{stem}_paper.csv")
+        fragment += table6_html(reference, None, caption=note)
+        text += f"\n{note}\n\n{table6_markdown(reference)}\n"
+    Path(f"{stem}.html").write_text(f"<style>\n{TABLE6_CSS}</style>\n{fragment}")
     if comparison is not None:
         comparison.to_csv(f"{stem}_vs_paper.csv")
         difference = comparison.xs("difference", axis=1, level="source")

@@ -10,6 +10,11 @@
 - ``models.csv``: per model, its score and per stage the actual keep rate (mean, std over images);
 - ``depth_maps.npz``: per model the dataset-averaged token depth map [grid, grid] (SPEC §9.3), key ``dataset|model``.
 
+A file that cannot be read (truncated, not an archive) is named in a warning, skipped and counted; an unfinished
+extraction (its ``OUT.npz.parts/`` folder) is not an input. A setting without pairs is reported with what would
+give it one, and two models on one dataset that cover different images (another split or ``--limit``) are not
+compared.
+
 Pairs, as the study formed them: **rates** same method and backbone, r_A > r_B; **capacity** same method and r,
 A the larger backbone; **models** same backbone, different methods at the same r (ℓp, ATS and the DeiT baseline
 against every r), both orders; **datasets** same model on two datasets (dataset-averaged patterns only).
@@ -17,10 +22,9 @@ against every r), both orders; **datasets** same model on two datasets (dataset-
 
 import argparse
 import itertools
-import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -29,7 +33,6 @@ import pandas as pd
 from tqdm import tqdm
 
 import tokred
-from analysis.extraction import Extraction
 from analysis.metrics import (
     HEATMAP_METRICS,
     homogeneity_completeness_v,
@@ -40,8 +43,9 @@ from analysis.metrics import (
     pruning_lower_bounds,
     token_depth_from_kept,
 )
-from analysis.metrics.correlation import correlate
+from analysis.metrics.correlation import correlate, undefined
 from analysis.metrics.features import compare_features
+from analysis.models import Model, find_models, load, same_images
 
 log = logging.getLogger(__name__)
 
@@ -49,57 +53,14 @@ SETTINGS = ("rates", "capacity", "models", "datasets")
 BASELINE = tokred.MethodInfo("DeiT", "no reduction", any_rate=True, input_dependent=False)
 """The unreduced baseline ("deit"): compared with models at every r."""
 FEATURE_BLOCKS = (3, 6, 9, 11)
-CAPACITIES = ("tiny", "small", "base", "large", "huge")
 PAIR = ["setting", "dataset_a", "dataset_b", "model_a", "model_b", "method_a", "method_b", "backbone_a", "backbone_b"]
 COLUMNS = [*PAIR, "r_a", "r_b", "score_a", "score_b", "score_diff", "family", "block", "metric", "mean", "std"]
-
-
-@dataclass(frozen=True, order=True)
-class Model:
-    """One extraction file's model: what it is and on which data."""
-
-    dataset: str
-    backbone: str
-    method: str  # "deit" for the unreduced baseline
-    keep_rate: float
-    blocks: tuple[int, ...]
-    path: Path
-
-    @property
-    def name(self) -> str:
-        return self.backbone if self.method == "deit" else f"{self.backbone}/{self.method}/r{self.keep_rate:g}"
-
-    @property
-    def capacity(self) -> int | None:
-        """Rank of the backbone's size word (tiny < small < base < ...), None when the name has none."""
-        words = self.backbone.replace("-", "_").split("_")
-        return next((CAPACITIES.index(w) for w in words if w in CAPACITIES), None)
-
-
-def find_models(root: Path) -> list[Model]:
-    """Every extraction file under ``root``, as models (meta read without loading the arrays)."""
-    models = []
-    for path in sorted(Path(root).rglob("*.npz")):
-        with np.load(path, allow_pickle=False) as archive:
-            if "meta" not in archive.files:
-                continue
-            meta = json.loads(str(archive["meta"]))
-        method = meta["method"] if meta["blocks"] else "deit"
-        keep_rate = meta["keep_rate"] if meta["blocks"] else 1.0
-        models.append(Model(meta["dataset"], meta["model"], method, keep_rate, tuple(meta["blocks"]), path))
-    if not models:
-        raise FileNotFoundError(f"no extraction files under {root}: write them with python -m analysis.extract")
-    return models
+CORRELATION_COLUMNS = ["setting", "group", "metric", "block", "spearman", "spearman_p", "kendall", "kendall_p", "n"]
 
 
 def traits(method: str) -> tokred.MethodInfo:
     """What the comparisons need to know of ``method`` (see :class:`tokred.MethodInfo`)."""
     return BASELINE if method == "deit" else tokred.method_info(method)
-
-
-@cache
-def load(path: Path) -> Extraction:
-    return Extraction.load(path)
 
 
 def comparable(a: Model, b: Model, setting: str) -> bool:
@@ -146,10 +107,9 @@ def depth_map(model: Model) -> np.ndarray:
 
 
 def pattern_rows(a: Model, b: Model, setting: str) -> Iterator[dict]:
-    """Per stage: IoU / IoA of the kept patches, homogeneity / completeness / NMI of the partitions."""
+    """Per stage: IoU / IoA of the kept patches, homogeneity / completeness / NMI of the partitions (A and B cover
+    the same images)."""
     ea, eb = load(a.path), load(b.path)
-    if ea.num_images != eb.num_images or not np.array_equal(ea.targets, eb.targets):
-        raise ValueError(f"{a.path} and {b.path} cover different images: extract both from the same split")
     if len(a.blocks) != len(b.blocks):
         return
     bounds = None
@@ -206,11 +166,49 @@ def heatmap_rows(a: Model, b: Model) -> Iterator[dict]:
         yield {"family": "heatmap", "block": -1, "metric": metric, "mean": function(x, y), "std": np.nan}
 
 
-def compare(models: list[Model], settings: tuple[str, ...] = SETTINGS) -> pd.DataFrame:
-    """The tidy comparison table of every pair of every setting."""
+NEEDS = {
+    "rates": "two keep rates of one method on one backbone and dataset",
+    "capacity": "one method at one keep rate on two backbones",
+    "models": "two methods at one keep rate on one backbone and dataset (the DeiT baseline and ℓp: at any keep rate)",
+    "datasets": "one model on two datasets, of a method that keeps patches chosen per image",
+}
+"""Per setting, what forms a pair (said when a setting has none)."""
+
+
+def needs(models: list[Model], setting: str) -> str:
+    """What would give ``setting`` its first pair: :data:`NEEDS`, with an example from ``models``."""
+    fits = has_depth_map if setting == "datasets" else lambda method: method != "deit"
+    m = next((m for m in models if fits(m.method)), None)
+    if m is None:
+        return NEEDS[setting]
+    example = {
+        "rates": f"{m.method} on {m.backbone}, {m.dataset} at a keep rate other than {m.keep_rate:g}",
+        "capacity": f"{m.method} r={m.keep_rate:g} on {m.dataset} with a backbone other than {m.backbone}",
+        "models": f"another method at r={m.keep_rate:g}, or the DeiT baseline, on {m.backbone}, {m.dataset}",
+        "datasets": f"{m.name} on a dataset other than {m.dataset}",
+    }[setting]
+    return f"{NEEDS[setting]}; e.g. {example}"
+
+
+def compare(
+    models: list[Model], settings: tuple[str, ...] = SETTINGS
+) -> tuple[pd.DataFrame, dict[tuple[Path, Path], str]]:
+    """The tidy comparison table of every pair of every setting, and the pairs left out with the reason (two
+    models on one dataset that cover different images; named in a warning once)."""
     work = [(setting, a, b) for setting in settings for a, b in pairs(models, setting)]
-    rows = []
+    rows, skipped = [], {}
     for setting, a, b in tqdm(work, desc="comparing", unit="pair"):
+        key = (min(a.path, b.path), max(a.path, b.path))
+        reason = "" if setting == "datasets" else skipped.get(key) or same_images(load(a.path), load(b.path))
+        if reason:
+            if key not in skipped:
+                log.warning(
+                    "not comparing %s with %s: they cover %s; extract both from the same split with the same --limit",
+                    *key,
+                    reason,
+                )
+                skipped[key] = reason
+            continue
         found = (
             heatmap_rows(a, b)
             if setting == "datasets"
@@ -234,13 +232,14 @@ def compare(models: list[Model], settings: tuple[str, ...] = SETTINGS) -> pd.Dat
             "score_diff": ea.score - eb.score,
         }
         rows += [pair | row for row in found]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS), skipped
 
 
 def correlations(table: pd.DataFrame) -> pd.DataFrame:
     """Spearman and Kendall between each metric and the score difference, per group of pairs (SPEC §9.6):
     rates per model family (dataset, backbone, method), capacity per (dataset, method), models per anchor model A
-    and partner r. The datasets setting has no score difference to correlate with."""
+    and partner r. The datasets setting has no score difference to correlate with. Columns ``CORRELATION_COLUMNS``
+    and ``undefined``: why a group has no correlation (e.g. "2 pairs, needs 3"), empty where it has one."""
     groups = {
         "rates": ["dataset_a", "backbone_a", "method_a"],
         "capacity": ["dataset_a", "method_a"],
@@ -251,10 +250,13 @@ def correlations(table: pd.DataFrame) -> pd.DataFrame:
         subset = table[table.setting == setting] if len(table) else table
         for group, frame in subset.groupby([*keys, "metric", "block"], sort=True):
             *values, metric, block = group
-            result = correlate(frame["mean"].to_numpy(), frame["score_diff"].to_numpy())
+            x, y = frame["mean"].to_numpy(), frame["score_diff"].to_numpy()
             group_name = "|".join(str(v) for v in values)
-            rows.append({"setting": setting, "group": group_name, "metric": metric, "block": block, **result})
-    return pd.DataFrame(rows)
+            rows.append(
+                {"setting": setting, "group": group_name, "metric": metric, "block": block, **correlate(x, y)}
+                | {"undefined": undefined(x, y)}
+            )
+    return pd.DataFrame(rows, columns=[*CORRELATION_COLUMNS, "undefined"])
 
 
 def model_table(models: list[Model]) -> pd.DataFrame:
@@ -275,6 +277,42 @@ def model_table(models: list[Model]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@dataclass
+class Summary:
+    """What :func:`run` compared and what it left out."""
+
+    models: list[Model]
+    rows: int
+    skipped_files: dict[Path, str] = field(default_factory=dict)
+    """Unreadable extraction files → why."""
+    skipped_pairs: dict[tuple[Path, Path], str] = field(default_factory=dict)
+    """Pairs of files on one dataset that cover different images → how."""
+    missing: dict[str, str] = field(default_factory=dict)
+    """Settings without a pair → what would give them one."""
+
+
+def run(extractions: Path, out: Path, settings: tuple[str, ...] = SETTINGS) -> Summary:
+    """Compare the extraction files under ``extractions`` and write the tables (see the module docstring) to ``out``.
+
+    Raises:
+        FileNotFoundError: no readable extraction file under ``extractions``.
+    """
+    models, skipped_files = find_models(extractions)
+    out.mkdir(parents=True, exist_ok=True)
+    table, skipped_pairs = compare(models, settings)
+    table.to_csv(out / "comparisons.csv", index=False)
+    correlations(table).to_csv(out / "correlations.csv", index=False)
+    model_table(models).to_csv(out / "models.csv", index=False)
+    depth_maps = {
+        f"{m.dataset}|{m.name}": depth_map(m) for m in models if traits(m.method).keeps_patches or m.method == "deit"
+    }
+    np.savez_compressed(out / "depth_maps.npz", **depth_maps)
+    missing = {setting: needs(models, setting) for setting in settings if not pairs(models, setting)}
+    for setting, what in missing.items():
+        log.info("%s: nothing to compare yet (needs %s)", setting, what)
+    return Summary(models, len(table), skipped_files, skipped_pairs, missing)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.compare",
@@ -286,19 +324,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        models = find_models(args.extractions)
+        summary = run(args.extractions, args.out, tuple(args.settings))
     except FileNotFoundError as error:
         parser.error(str(error))
-    args.out.mkdir(parents=True, exist_ok=True)
-    table = compare(models, tuple(args.settings))
-    table.to_csv(args.out / "comparisons.csv", index=False)
-    correlations(table).to_csv(args.out / "correlations.csv", index=False)
-    model_table(models).to_csv(args.out / "models.csv", index=False)
-    depth_maps = {
-        f"{m.dataset}|{m.name}": depth_map(m) for m in models if traits(m.method).keeps_patches or m.method == "deit"
-    }
-    np.savez_compressed(args.out / "depth_maps.npz", **depth_maps)
-    log.info("%d models, %d comparison rows → %s", len(models), len(table), args.out)
+    notes = ""
+    if summary.skipped_files:
+        notes += f", {len(summary.skipped_files)} unreadable files skipped"
+    if summary.skipped_pairs:
+        notes += f", {len(summary.skipped_pairs)} pairs of files on other images left out"
+    log.info("%d models, %d comparison rows%s → %s", len(summary.models), summary.rows, notes, args.out)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ folder is removed.
 """
 
 import argparse
-import dataclasses
 import json
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "dataset split, in one .npz file (format: analysis/extraction.py). Resumable.",
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint written by train/main.py (e.g. best_checkpoint.pth)")
-    parser.add_argument("out", type=Path, help="the .npz file to write")
+    parser.add_argument("out", type=Path, help="the .npz file to write (its folder is created if missing)")
     parser.add_argument("--data", metavar="ROOT", help="dataset root (default: the root the run trained on)")
     parser.add_argument(
         "--dataset", metavar="NAME", help="dataset (default: the run's); its classes must match the model's"
@@ -74,32 +74,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if min(args.batch_size, args.save_every) < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--batch-size, --save-every and --limit must be at least 1")
+    if args.checkpoint.is_dir():
+        parser.error(
+            f"CHECKPOINT {args.checkpoint} is a folder: pass a file, e.g. {args.checkpoint / checkpoints.BEST}"
+        )
+    problem = out_problem(args.out)
+    if problem:
+        parser.error(f"OUT {args.out} {problem}")
     return args
 
 
+def out_problem(out: Path) -> str:
+    """Why ``out`` cannot be the extraction file to write ("" when it can): checked before any work."""
+    if out.is_dir():
+        return f"is a folder: OUT is the file to write, e.g. {out / 'extraction.npz'}"
+    if out.suffix != ".npz":
+        return f"does not end in .npz (python -m analysis.compare finds extraction files by it), e.g. {out}.npz"
+    existing = next(folder for folder in out.parents if folder.exists())  # the folder or its nearest ancestor
+    if not existing.is_dir():
+        return f"cannot be written: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK):
+        return f"cannot be written: no permission to write in {existing}"
+    return ""
+
+
 def load_checkpoint(path: Path, weights: str) -> tuple[TrainConfig, dict[str, torch.Tensor], str]:
-    """The run's configuration, the chosen state dict, and which weights it is ("ema" or "model")."""
-    state = checkpoints.load(path)
-    saved = state.get("config") if isinstance(state, dict) else None
-    if not saved:
-        raise ValueError(
-            f"{path} holds no training configuration (key 'config'), which the model is rebuilt from: "
-            "pass a checkpoint written by train/main.py"
-        )
-    missing = [key for key in REQUIRED if key not in saved]
-    if missing:
+    """The run's configuration, the chosen state dict, and which weights it is ("ema" or "model"); ``weights``
+    "auto" takes those the run's selection chose (:meth:`train.checkpoint.Checkpoint.weights`)."""
+    checkpoint = checkpoints.Checkpoint.load(path)
+    missing = [key for key in REQUIRED if key not in (checkpoint.config or {})]
+    if checkpoint.config and missing:
         raise ValueError(f"the configuration in {path} lacks {', '.join(missing)}: pass a checkpoint of train/main.py")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in saved.items() if k in known})
-    config.reduction_loc = tuple(config.reduction_loc)
-    if weights == "auto":
-        weights = "ema" if (state.get("best") or {}).get("source") == "ema" else "model"
-    if state.get(weights) is None:
-        raise ValueError(f"{path} has no {weights!r} weights: choose --weights model")
-    state_dict = state[weights]
-    if weights == "ema":  # timm's ModelEmaV3 keeps the model under "module."
-        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    return config, state_dict, weights
+    config = checkpoint.train_config()
+    state_dict, chosen = checkpoint.weights("best" if weights == "auto" else weights)
+    return config, state_dict, chosen
 
 
 def load_split(config: TrainConfig, args: argparse.Namespace) -> Dataset:
@@ -118,7 +126,14 @@ def load_split(config: TrainConfig, args: argparse.Namespace) -> Dataset:
 
 
 def build_model(config: TrainConfig, state_dict: dict[str, torch.Tensor], num_classes: int) -> torch.nn.Module:
-    model = tokred.create_model(config.model, config.method, config.r, config.reduction_loc, num_classes=num_classes)
+    model = tokred.create_model(
+        config.model,
+        config.method,
+        config.r,
+        config.reduction_loc,
+        num_classes=num_classes,
+        method_options=config.method_options,
+    )
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:

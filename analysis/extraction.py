@@ -41,6 +41,8 @@ and ``config`` (the run's training configuration, train.config.TrainConfig as a 
 
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,10 @@ VERSION = 1
 STAGE_ARRAYS = ("assignment", "kept", "representatives", "token_counts")
 PADDED = ("kept", "representatives")  # token columns, -1 padded
 ARRAYS = ("targets", "logits", "cls", *STAGE_ARRAYS)  # the fields that are not meta
+
+
+class NotAnExtraction(ValueError):
+    """A readable NumPy archive that is not an extraction file (it has no ``meta``)."""
 
 
 def stage_key(stage: int, name: str) -> str:
@@ -133,13 +139,35 @@ class Extraction:
 
     @classmethod
     def load(cls, path: str | Path) -> "Extraction":
-        """Read an extraction file (all arrays into memory)."""
+        """Read an extraction file (all arrays into memory).
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            NotAnExtraction: a NumPy archive without ``meta``.
+            ValueError: a damaged file (truncated, not a zip archive, failed checksum) or an inconsistent one.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"extraction file not found: {path} (write it with python -m analysis.extract)")
+        if not zipfile.is_zipfile(path):
+            raise ValueError(
+                f"{path} is no complete .npz archive (truncated, or another kind of file): extract it again"
+            )
+        try:
+            extraction = cls._read(path)
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is damaged ({type(error).__name__}: {error}): extract it again") from error
+        try:
+            extraction.check()
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}; extract it again") from error
+        return extraction
+
+    @classmethod
+    def _read(cls, path: Path) -> "Extraction":
         with np.load(path, allow_pickle=False) as archive:
             if "meta" not in archive.files:
-                raise ValueError(
+                raise NotAnExtraction(
                     f"{path} is not an extraction file (no 'meta'); write it with python -m analysis.extract"
                 )
             meta = json.loads(str(archive["meta"]))
@@ -157,9 +185,7 @@ class Extraction:
         per_stage = {
             name: [arrays.pop(stage_key(s, name)) for s in range(len(meta["blocks"]))] for name in STAGE_ARRAYS
         }
-        extraction = cls(**{name: meta[name] for name in meta_fields()}, **arrays, **per_stage)
-        extraction.check()
-        return extraction
+        return cls(**{name: meta[name] for name in meta_fields()}, **arrays, **per_stage)
 
     def check(self) -> None:
         """Raise ValueError unless the arrays have the shapes the format promises."""

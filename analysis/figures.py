@@ -6,10 +6,13 @@
 - ``consistency_<setting>_<metric>``: IoA / IoU / Homogeneity / NMI per stage and method (supplementary Figs. 2–5);
 - ``ats_keep_rates``: ATS's actual keep rate per stage and r (Fig. 1);
 - ``lp_comparison``: IoU of the learned patterns with the ℓp radial ones (Fig. 7);
-- ``proxy_<setting>_<metric>``: a similarity against the score difference, with Spearman's ρ (Figs. 8–23);
+- ``proxy_<setting>_<metric>``: a similarity against the score difference, with Spearman's ρ (Figs. 8–23; "ρ
+  undefined" and why, e.g. "2 pairs, needs 3", where a block has no rank correlation);
 - ``dataset_similarity``: KL, JSD, PCC, SCC, SIM, EMD of the averaged patterns across datasets (Fig. 6);
 - ``depth_<dataset>``: dataset-averaged token depth maps (Figs. 24–29);
-- ``patterns_<dataset>``: each model's stages drawn on sample images (Figs. 30–37).
+- ``patterns_<dataset>_<image>``: each model's stages drawn on sample images (Figs. 30–37); models whose extractions
+  cover other images of the dataset (another split or ``--limit``) get figures of their own,
+  ``patterns_<dataset>_<set>_<image>``.
 """
 
 import argparse
@@ -26,8 +29,8 @@ import torch  # noqa: E402
 
 import tokred  # noqa: E402
 from analysis.collate import BACKBONES, METHODS  # noqa: E402
-from analysis.compare import Model, find_models, load  # noqa: E402
-from analysis.metrics.correlation import correlate  # noqa: E402
+from analysis.metrics.correlation import correlate, undefined  # noqa: E402
+from analysis.models import Model, find_models, load, same_images  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +141,10 @@ def proxy(table: pd.DataFrame, setting: str, metric: str, out: Path) -> list[Pat
         frame = rows[rows.block == block]
         for anchor, points in frame.groupby("model_a"):
             ax.scatter(points["mean"], points.score_diff, s=14, label=anchor)
-        result = correlate(frame["mean"].to_numpy(), frame.score_diff.to_numpy())
-        ax.set(
-            title=f"block {block}: ρ = {result['spearman']:.2f} (n = {result['n']})",
-            xlabel=metric,
-            ylabel="score A − B",
-        )
+        x, y = frame["mean"].to_numpy(), frame.score_diff.to_numpy()
+        why = undefined(x, y)
+        rho = f"ρ undefined: {why}" if why else f"ρ = {correlate(x, y)['spearman']:.2f} (n = {len(x)})"
+        ax.set(title=f"block {block}: {rho}", xlabel=metric, ylabel="score A − B")
         ax.legend(fontsize=6)
     fig.suptitle(f"{metric} as a proxy of the performance difference ({setting})", fontsize=10)
     return save(fig, out, f"proxy_{setting}_{metric}")
@@ -181,56 +182,92 @@ def depth_maps(maps: dict[str, np.ndarray], out: Path) -> list[Path]:
     return paths
 
 
+def image_sets(models: list[Model]) -> list[list[Model]]:
+    """The reduced models grouped by the images their extractions cover (one dataset split, one ``--limit``)."""
+    groups: list[list[Model]] = []
+    for model in (m for m in models if m.blocks):
+        group = next((g for g in groups if not same_images(load(g[0].path), load(model.path))), None)
+        if group is None:
+            groups.append([model])
+        else:
+            group.append(model)
+    return groups
+
+
 def patterns(models: list[Model], out: Path, count: int = 3, seed: int = 0) -> list[Path]:
     """Per dataset, ``count`` sample images (seeded): one figure each, a row per model with its stages drawn on
-    the image — pruned patches darkened, merged ones tinted per token (Figs. 30–37)."""
-    from train.data import build_transform, load_dataset
-    from train.figures import IMAGENET_MEAN, IMAGENET_STD, stage_overlay
-
+    the image — pruned patches darkened, merged ones tinted per token (Figs. 30–37). Models whose extractions
+    cover other images (see :func:`image_sets`) are drawn in figures of their own."""
     paths = []
-    for dataset in sorted({m.dataset for m in models}):
-        reduced = [m for m in models if m.dataset == dataset and m.blocks]
-        if not reduced:
-            continue
-        first = load(reduced[0].path)
-        transform = build_transform(dataset, False, None, 0, 0, 0)
-        config = first.config
-        data = load_dataset(
-            dataset,
-            config.get("data"),
-            first.split,
-            transform,
-            demo_length=config["demo_test_size"],
-            seed=config["seed"],
-        )
-        stages = max(len(m.blocks) for m in reduced)
-        for index in np.random.default_rng(seed).choice(first.num_images, min(count, first.num_images), replace=False):
-            image = (data[int(index)][0] * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1)
-            patch = image.shape[-1] // first.grid
-            fig, axes = plt.subplots(
-                len(reduced),
-                1 + stages,
-                figsize=(2 * (1 + stages), 2 * len(reduced)),
-                squeeze=False,
-                layout="constrained",
-            )
-            for row, model in zip(axes, reduced, strict=True):
-                maps = [torch.from_numpy(a[index].astype(np.int64)) for a in load(model.path).assignment]
-                drawn = [image] + [stage_overlay(image, m, patch) for m in maps]
-                name = f"{BACKBONES.get(model.backbone, model.backbone)} {label(model.method)} r={model.keep_rate:g}"
-                titles = [name] + [f"block {b}" for b in model.blocks]
-                for ax in row:
-                    ax.axis("off")
-                for ax, panel, title in zip(row[: len(drawn)], drawn, titles, strict=True):
-                    ax.imshow(panel.permute(1, 2, 0).numpy())
-                    ax.set_title(title, fontsize=8)
-            fig.suptitle(f"{dataset}, image {index}", fontsize=9)
-            paths += save(fig, out, f"patterns_{dataset}_{index}")
+    groups = image_sets(models)
+    for dataset in sorted({group[0].dataset for group in groups}):
+        sets = [group for group in groups if group[0].dataset == dataset]
+        for k, reduced in enumerate(sets):
+            paths += pattern_figures(reduced, out, dataset if len(sets) == 1 else f"{dataset}_{k}", count, seed)
     return paths
 
 
+def pattern_figures(reduced: list[Model], out: Path, tag: str, count: int, seed: int) -> list[Path]:
+    """The figures ``patterns_<tag>_<image>`` of models whose extractions cover the same images."""
+    from train.data import build_transform, load_dataset
+    from train.figures import IMAGENET_MEAN, IMAGENET_STD, stage_overlay
+
+    first = load(reduced[0].path)
+    config = first.config
+    try:
+        data = load_dataset(
+            first.dataset,
+            config.get("data") if first.dataset == config.get("dataset") else None,
+            first.split,
+            build_transform(first.dataset, False, None, 0, 0, 0),
+            demo_length=config["demo_train_size" if first.split == "train" else "demo_test_size"],
+            seed=config["seed"],
+        )
+    except (FileNotFoundError, ValueError) as error:
+        log.warning("no pattern figures of %s/%s: its images are not here (%s)", first.dataset, first.split, error)
+        return []
+    stages = max(len(m.blocks) for m in reduced)
+    paths = []
+    for index in np.random.default_rng(seed).choice(first.num_images, min(count, first.num_images), replace=False):
+        image = (data[int(index)][0] * IMAGENET_STD + IMAGENET_MEAN).clamp(0, 1)
+        patch = image.shape[-1] // first.grid
+        fig, axes = plt.subplots(
+            len(reduced),
+            1 + stages,
+            figsize=(2 * (1 + stages), 2 * len(reduced)),
+            squeeze=False,
+            layout="constrained",
+        )
+        for row, model in zip(axes, reduced, strict=True):
+            maps = [torch.from_numpy(a[index].astype(np.int64)) for a in load(model.path).assignment]
+            drawn = [image] + [stage_overlay(image, m, patch) for m in maps]
+            name = f"{BACKBONES.get(model.backbone, model.backbone)} {label(model.method)} r={model.keep_rate:g}"
+            titles = [name] + [f"block {b}" for b in model.blocks]
+            for ax in row:
+                ax.axis("off")
+            for ax, panel, title in zip(row[: len(drawn)], drawn, titles, strict=True):
+                ax.imshow(panel.permute(1, 2, 0).numpy())
+                ax.set_title(title, fontsize=8)
+        fig.suptitle(f"{first.dataset} ({first.split} split), image {index}", fontsize=9)
+        paths += save(fig, out, f"patterns_{tag}_{index}")
+    return paths
+
+
+COMPARE_OUTPUTS = ("comparisons.csv", "models.csv", "depth_maps.npz")
+"""What draw_all reads from the output folder of analysis.compare."""
+
+
 def draw_all(comparisons: Path, out: Path, extractions: Path | None = None) -> list[Path]:
-    """Every figure the tables in ``comparisons`` (and the files under ``extractions``) allow; the PNG and PDF paths."""
+    """Every figure the tables in ``comparisons`` (and the files under ``extractions``) allow; the PNG and PDF paths.
+
+    Raises:
+        FileNotFoundError: ``comparisons`` lacks a file of COMPARE_OUTPUTS, or ``extractions`` holds no extraction.
+    """
+    missing = [name for name in COMPARE_OUTPUTS if not (comparisons / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{comparisons} has no {', '.join(missing)}: pass the output folder of python -m analysis.compare"
+        )
     out.mkdir(parents=True, exist_ok=True)
     table = pd.read_csv(comparisons / "comparisons.csv")
     paths = []
@@ -245,7 +282,7 @@ def draw_all(comparisons: Path, out: Path, extractions: Path | None = None) -> l
     with np.load(comparisons / "depth_maps.npz") as archive:
         paths += depth_maps({key: archive[key] for key in archive.files}, out)
     if extractions is not None:
-        paths += patterns(find_models(extractions), out)
+        paths += patterns(find_models(extractions)[0], out)
     return paths
 
 
@@ -256,7 +293,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--extractions", type=Path, help="extraction files: also draw the patterns on sample images")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths = draw_all(args.comparisons, args.out, args.extractions)
+    try:
+        paths = draw_all(args.comparisons, args.out, args.extractions)
+    except FileNotFoundError as error:
+        parser.error(str(error))
     log.info("%d figures → %s", len(paths) // 2, args.out)
 
 

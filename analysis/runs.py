@@ -34,6 +34,13 @@ def read_run(folder: Path) -> dict[str, object]:
     Raises:
         ValueError: config.json or metrics.jsonl is missing, unreadable, or holds no test evaluation yet.
     """
+    if not (folder / "metrics.jsonl").is_file():
+        raise ValueError(
+            f"{folder}: no metrics.jsonl yet (train/main.py writes it after the first epoch): "
+            "wait for that epoch, or remove the folder"
+        )
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder}: metrics.jsonl without config.json: not a run folder of train/main.py")
     try:
         config = json.loads((folder / "config.json").read_text())
         lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]

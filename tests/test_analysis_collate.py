@@ -97,6 +97,7 @@ def test_collect_runs(runs_dir: Path, caplog: pytest.LogCaptureFixture):
     for folder in ("config_only", "no_eval", "bad_json", "topk_r0.5_again"):
         assert folder in warnings
     assert warnings.count("epochs done") == 1 and "topk_r0.5: 3 of 5 epochs done" in warnings
+    assert "config_only: no metrics.jsonl yet (train/main.py writes it after the first epoch)" in warnings
 
 
 def test_missing_or_empty_runs_dir(tmp_path: Path):
@@ -170,6 +171,25 @@ def test_beside_paper(runs: pd.DataFrame):
     assert long["above_baseline"].dtype == bool
     with pytest.raises(ValueError, match=f"no {SMALL} numbers.*main paper"):
         collate.beside_paper(runs, SMALL)
+
+
+def test_runs_on_data_the_paper_has_not_stand_beside_its_numbers_on_its_datasets(tmp_path: Path):
+    write_run(tmp_path / "a", TINY, "demo", "dpc_knn", 0.5, acc(40.0))
+    write_run(tmp_path / "b", TINY, "demo", "topk", 0.7, acc(35.0))
+    write_run(tmp_path / "c", SMALL, "demo", "topk", 0.7, acc(38.0))
+    runs = collate.collect_runs(tmp_path)
+    reference = collate.paper_reference(runs, TINY)
+    assert list(reference.index) == ["DeiT-T", "Top-K", "DPC-KNN"]
+    assert list(reference.columns) == [(d, r) for d in ("imagenet", "nabirds", "coco", "nuswide") for r in (0.5, 0.7)]
+    assert reference.loc["DPC-KNN", ("nabirds", 0.5)] == paper_value(TINY, "nabirds", "dpc_knn", "0.5")
+    assert reference.loc["DeiT-T", ("coco", 0.7)] == paper_value(TINY, "coco", "deit", "1.0")
+    assert collate.paper_reference(runs, SMALL) is None  # the paper has no DeiT-S numbers
+    write_run(tmp_path / "d", TINY, "imagenet", "topk", 0.7, acc(65.0))
+    assert collate.paper_reference(collate.collect_runs(tmp_path), TINY) is None  # beside_paper shows them
+    text = collate.write_backbone(runs, TINY, tmp_path, paper=True)
+    assert "The paper has no results on demo" in text and (tmp_path / f"table6_{TINY}_paper.csv").is_file()
+    page = (tmp_path / f"table6_{TINY}.html").read_text()
+    assert page.count('<table class="table6">') == 2 and page.count("bold: above the DeiT baseline") == 1
 
 
 def test_paper_csv_found_from_anywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

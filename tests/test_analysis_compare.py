@@ -1,5 +1,6 @@
 """analysis.compare: which pairs each setting forms, and the rows it writes for hand-made extractions."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -7,9 +8,10 @@ import pandas as pd
 import pytest
 
 from analysis import compare
-from analysis.compare import Model, comparable, pairs
+from analysis.compare import comparable, pairs
 from analysis.extraction import Extraction
 from analysis.metrics.features import compare_features
+from analysis.models import Model
 
 TINY, SMALL = "deit_tiny_patch16_224", "deit_small_patch16_224"
 
@@ -105,3 +107,61 @@ def test_same_patterns_on_two_datasets_are_identical_maps(tmp_path, cpu_rng):
     assert value.to_dict() == pytest.approx(expected, abs=1e-9)
     maps = np.load(tmp_path / "out" / "depth_maps.npz")
     assert sorted(maps.files) == [f"demo|{TINY}/topk/r0.75", f"elsewhere|{TINY}/topk/r0.75"]
+
+
+def two_rates(folder: Path, rng, images: tuple[int, int] = (5, 5)) -> None:
+    """A rates pair of DPC-KNN extractions (r 0.75 and 0.5) in ``folder``, of ``images`` images each."""
+    for name, r, k, n in (("high", 0.75, (12, 8, 4), images[0]), ("low", 0.5, (8, 4, 2), images[1])):
+        kept = [np.tile(np.arange(count), (n, 1)) for count in k]
+        made = extraction("dpc_knn", r, kept, [rng.integers(0, 2, (n, 16)) for _ in k], 50.0 + 10 * r, rng)
+        made.targets, made.logits, made.cls = np.arange(n) % 2, np.zeros((n, 2)), rng.normal(size=(n, 4, 3))
+        made.token_counts = [(a >= 0).sum(1) for a in kept]
+        made.save(folder / f"{name}.npz")
+
+
+def test_unreadable_files_are_named_skipped_and_counted(tmp_path, cpu_rng, caplog):
+    rng = np.random.default_rng(int(cpu_rng.initial_seed()))
+    two_rates(tmp_path, rng)
+    truncated = tmp_path / "runs" / "truncated.npz"
+    truncated.parent.mkdir()
+    truncated.write_bytes((tmp_path / "high.npz").read_bytes()[:300])
+    (tmp_path / "notes.npz").write_text("not an archive\n")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))  # a NumPy archive of another kind: ignored, not counted
+    (tmp_path / "run.npz.parts").mkdir()  # an unfinished extraction's parts are no input
+    np.savez(tmp_path / "run.npz.parts" / "000000000-000000004.npz", x=np.zeros(3))
+    with caplog.at_level(logging.INFO):
+        compare.main([str(tmp_path), str(tmp_path / "out")])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for path in (truncated, tmp_path / "notes.npz"):
+        assert any(str(path) in w and "no complete .npz archive" in w for w in warnings), path
+    assert any("run.npz.parts" in w and "unfinished extraction" in w for w in warnings)
+    assert not any("other.npz" in w for w in warnings)
+    assert "2 models, " in caplog.records[-1].getMessage() and "2 unreadable files skipped" in caplog.text
+    table = pd.read_csv(tmp_path / "out" / "comparisons.csv")
+    assert set(table.model_a) == {f"{TINY}/dpc_knn/r0.75"} and not table.empty
+
+
+def test_pairs_of_other_images_are_left_out_with_a_warning(tmp_path, cpu_rng, caplog):
+    rng = np.random.default_rng(int(cpu_rng.initial_seed()))
+    two_rates(tmp_path, rng, images=(5, 4))  # e.g. extracted with another --limit
+    with caplog.at_level(logging.WARNING):
+        summary = compare.run(tmp_path, tmp_path / "out", ("rates",))
+    assert summary.rows == 0 and list(summary.skipped_pairs.values()) == ["5 against 4 images of demo/eval"]
+    assert "high.npz" in caplog.text and "low.npz" in caplog.text and "same --limit" in caplog.text
+    assert "rates" not in summary.missing  # the pair exists; it was left out
+
+
+def test_one_model_writes_readable_tables_and_says_what_each_setting_needs(tmp_path, cpu_rng):
+    rng = np.random.default_rng(int(cpu_rng.initial_seed()))
+    two_rates(tmp_path, rng)
+    (tmp_path / "low.npz").unlink()
+    summary = compare.run(tmp_path, tmp_path / "out")
+    assert (len(summary.models), summary.rows) == (1, 0) and sorted(summary.missing) == sorted(compare.SETTINGS)
+    assert "a keep rate other than 0.75" in summary.missing["rates"]
+    assert "a backbone other than deit_tiny_patch16_224" in summary.missing["capacity"]
+    assert "another method at r=0.75" in summary.missing["models"]
+    assert "a dataset other than demo" in summary.missing["datasets"]
+    for name in ("comparisons.csv", "correlations.csv", "models.csv"):
+        frame = pd.read_csv(tmp_path / "out" / name)  # an empty table still has its columns
+        assert len(frame.columns) > 1, name
+    assert len(pd.read_csv(tmp_path / "out" / "models.csv")) == 3  # one row per stage

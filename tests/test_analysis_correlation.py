@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from analysis.metrics.correlation import CORRELATIONS, correlate
+from analysis.metrics.correlation import CORRELATIONS, correlate, undefined
 
 
 @pytest.fixture
@@ -55,19 +55,25 @@ def test_nan_pairs_are_dropped_pairwise(gen: np.random.Generator) -> None:
 
 
 @pytest.mark.parametrize(
-    ("x", "y", "n"),
+    ("x", "y", "n", "why"),
     [
-        ([0.3, 0.1], [1.0, 2.0], 2),  # too few pairs
-        ([0.3, np.nan, 0.2, 0.9], [1.0, 2.0, np.nan, 3.0], 2),  # too few once NaNs are dropped
-        ([], [], 0),
-        ([0.5, 0.5, 0.5, 0.5], [1.0, 2.0, 3.0, 4.0], 4),  # constant metric: no rank correlation
-        ([0.1, 0.2, 0.3], [2.0, 2.0, 2.0], 3),  # constant performance difference
+        ([0.3, 0.1], [1.0, 2.0], 2, "2 pairs, needs 3"),  # too few pairs
+        ([0.3, np.nan, 0.2, 0.9], [1.0, 2.0, np.nan, 3.0], 2, "2 pairs, needs 3"),  # too few once NaNs are dropped
+        ([0.3], [1.0], 1, "1 pair, needs 3"),
+        ([], [], 0, "0 pairs, needs 3"),
+        ([0.5, 0.5, 0.5, 0.5], [1.0, 2.0, 3.0, 4.0], 4, "the metric is constant"),  # no rank correlation
+        ([0.1, 0.2, 0.3], [2.0, 2.0, 2.0], 3, "the score difference is constant"),
     ],
 )
-def test_undefined_correlations_are_nan_with_n(x: list[float], y: list[float], n: int) -> None:
+def test_undefined_correlations_are_nan_with_n_and_say_why(x: list[float], y: list[float], n: int, why: str) -> None:
     got = correlate(x, y)
     assert got["n"] == n
     assert all(math.isnan(got[key]) for key in ("spearman", "spearman_p", "kendall", "kendall_p"))
+    assert undefined(x, y) == why
+
+
+def test_defined_correlations_have_no_reason(gen: np.random.Generator) -> None:
+    assert undefined(gen.standard_normal(3), [1.0, 2.0, 3.0]) == ""
 
 
 def test_mismatched_lengths_raise() -> None:

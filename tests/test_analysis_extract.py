@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from timm.utils import ModelEmaV3
 
 import analysis.extract
+import analysis.extraction
 import tokred
 from analysis.extraction import Extraction
 from train.config import TrainConfig
@@ -20,8 +22,9 @@ TEST_IMAGES = 12  # the demo test split of the run; extractions read the first 8
 def write_checkpoint(path, method="kmedoids", loc=(3, 6, 9), source="model", **config):
     """A checkpoint laid out as train/main.py writes it; returns the model and its (different) EMA model."""
     torch.manual_seed(0)
-    model = tokred.create_model("deit_tiny_patch16_224", method, 0.5, loc, num_classes=10).eval()
-    ema = ModelEmaV3(model)
+    options = config.get("method_options")
+    model = tokred.create_model("deit_tiny_patch16_224", method, 0.5, loc, num_classes=10, method_options=options)
+    ema = ModelEmaV3(model.eval())
     with torch.no_grad():
         for p in ema.module.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -167,19 +170,29 @@ def test_ema_weights_when_they_scored_best(tmp_path):
 
 
 def test_deit_baseline_has_no_stages(tmp_path):
-    """An empty reduction_loc: the class tokens and logits of the unreduced model, no stage arrays."""
+    """An empty reduction_loc: the class tokens and logits of the unreduced model, no stage arrays. (The folders of
+    OUT are created.)"""
     checkpoint = tmp_path / "checkpoint.pth"
     model, _ = write_checkpoint(checkpoint, "topk", ())
-    run(checkpoint, tmp_path / "deit.npz", "--limit", "2")
-    loaded = Extraction.load(tmp_path / "deit.npz")
+    out = tmp_path / "new" / "deeper" / "deit.npz"
+    run(checkpoint, out, "--limit", "2")
+    loaded = Extraction.load(out)
     assert loaded.blocks == loaded.reduction_loc == [] and loaded.assignment == loaded.kept == []
-    with np.load(tmp_path / "deit.npz") as archive:
+    with np.load(out) as archive:
         assert sorted(archive.files) == ["cls", "logits", "meta", "targets"]
     images, _ = demo_images(2)
     with torch.no_grad():
         logits = model(images)
     np.testing.assert_allclose(loaded.logits, logits.numpy(), rtol=2e-3, atol=2e-3)
     assert loaded.cls.shape == (2, 12, 192)
+
+
+def test_the_model_is_rebuilt_with_its_method_options(tmp_path):
+    """ToMe with rounds=True reaches K_3 = 24 tokens at r = 0.5 (one round per stage stops at 25)."""
+    checkpoint = tmp_path / "checkpoint.pth"
+    write_checkpoint(checkpoint, "tome", method_options={"rounds": True})
+    loaded = run(checkpoint, tmp_path / "tome.npz", "--limit", "2")
+    assert [int(counts[0]) for counts in loaded.token_counts] == [98, 49, 24]
 
 
 def test_errors(tmp_path):
@@ -234,3 +247,41 @@ def test_help(capsys):
     with pytest.raises(SystemExit) as exit_:
         analysis.extract.main(["--help"])
     assert exit_.value.code == 0 and "usage: python -m analysis.extract" in capsys.readouterr().out
+
+
+def test_damaged_files_are_named(tmp_path, kmedoids):
+    """Truncated, empty, other and corrupted files: a ValueError naming the file, never a zip or pickle error."""
+    data = (kmedoids[0] / "extraction.npz").read_bytes()
+    flipped = bytearray(data)
+    flipped[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # inside an array: its checksum fails
+    files = {"truncated": data[: len(data) // 2], "empty": b"", "text": b"notes\n", "flipped": bytes(flipped)}
+    for name, content in files.items():
+        (tmp_path / f"{name}.npz").write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name}.npz .*extract it again") as error:
+            Extraction.load(tmp_path / f"{name}.npz")
+        assert not isinstance(error.value, analysis.extraction.NotAnExtraction), name
+
+
+def test_a_checkpoint_folder_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(tmp_path, tmp_path / "out.npz")
+    assert f"CHECKPOINT {tmp_path} is a folder: pass a file, e.g. {tmp_path / 'best_checkpoint.pth'}" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    ("out", "says"),
+    [
+        ("folder", "is a folder: OUT is the file to write, e.g. .*folder/extraction.npz"),
+        ("result.pth", "does not end in .npz"),
+        ("file.txt/x.npz", "cannot be written: .*file.txt is a file, not a folder"),
+    ],
+)
+def test_out_is_checked_before_any_work(tmp_path, monkeypatch, capsys, out, says):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.txt").write_text("")
+    monkeypatch.setattr(analysis.extract, "load_checkpoint", lambda *args: pytest.fail("work started"))
+    with pytest.raises(SystemExit):
+        run(tmp_path / "missing.pth", tmp_path / out)
+    assert re.search(f"OUT {re.escape(str(tmp_path / out))} {says}", capsys.readouterr().err)

@@ -3,7 +3,8 @@
 Over the model pairs of one group, :func:`correlate` relates each pair's metric value to its performance
 difference Acc(A) − Acc(B) with Spearman's ρ and Kendall's τ-b (SciPy) and their two-sided p-values. Pairs where
 either value is NaN are dropped; n is the number of pairs left. With fewer than :data:`MIN_PAIRS` pairs, or a
-constant column (a rank correlation is undefined), the statistics and p-values are NaN rather than an error.
+constant column (a rank correlation is undefined), the statistics and p-values are NaN rather than an error, and
+:func:`undefined` says why (for figure titles and table cells: "ρ undefined: 2 pairs, needs 3").
 """
 
 import math
@@ -44,6 +45,35 @@ CORRELATIONS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[float, float]]]
 """Name → correlation(x [n], y [n]) -> (statistic, p-value)."""
 
 
+def _pairs(metric_values: ArrayLike, performance_differences: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs where neither value is NaN, as two float64 arrays [n]."""
+    x = np.asarray(metric_values, dtype=np.float64)
+    y = np.asarray(performance_differences, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(
+            f"expected one metric value per performance difference (two 1-D arrays of one length), got shapes "
+            f"{x.shape} and {y.shape}"
+        )
+    both = ~(np.isnan(x) | np.isnan(y))
+    return x[both], y[both]
+
+
+def undefined(metric_values: ArrayLike, performance_differences: ArrayLike) -> str:
+    """Why no rank correlation exists between these pairs, e.g. "2 pairs, needs 3"; "" when it is defined.
+
+    Args:
+        metric_values, performance_differences: [m] as for :func:`correlate` (NaN pairs dropped).
+    """
+    x, y = _pairs(metric_values, performance_differences)
+    if x.size < MIN_PAIRS:
+        return f"{x.size} pair{'s' * (x.size != 1)}, needs {MIN_PAIRS}"
+    if np.unique(x).size == 1:
+        return "the metric is constant"
+    if np.unique(y).size == 1:
+        return "the score difference is constant"
+    return ""
+
+
 def correlate(metric_values: ArrayLike, performance_differences: ArrayLike) -> dict[str, float]:
     """Every correlation of :data:`CORRELATIONS` between a metric and the performance difference over pairs.
 
@@ -54,19 +84,10 @@ def correlate(metric_values: ArrayLike, performance_differences: ArrayLike) -> d
     Returns:
         {"spearman", "spearman_p", "kendall", "kendall_p": float (NaN when undefined), "n": int pairs used}.
     """
-    x = np.asarray(metric_values, dtype=np.float64)
-    y = np.asarray(performance_differences, dtype=np.float64)
-    if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(
-            f"expected one metric value per performance difference (two 1-D arrays of one length), got shapes "
-            f"{x.shape} and {y.shape}"
-        )
-    both = ~(np.isnan(x) | np.isnan(y))
-    x, y = x[both], y[both]
-    n = int(x.size)
-    defined = n >= MIN_PAIRS and np.unique(x).size > 1 and np.unique(y).size > 1
+    x, y = _pairs(metric_values, performance_differences)
+    defined = not undefined(x, y)
     result: dict[str, float] = {}
     for name, correlation in CORRELATIONS.items():
         result[name], result[f"{name}_p"] = correlation(x, y) if defined else (math.nan, math.nan)
-    result["n"] = n
+    result["n"] = int(x.size)
     return result
