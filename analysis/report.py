@@ -44,7 +44,7 @@ def extract_runs(runs_dir: Path, limit: int | None) -> dict[Path, str]:
     failed = {}
     for best in sorted(runs_dir.rglob(checkpoints.BEST)):
         target = best.parent / EXTRACTION
-        if target.is_file() and target.stat().st_mtime_ns >= best.stat().st_mtime_ns:
+        if not stale(best.parent):
             continue
         log.info("extracting %s%s", best.parent, " again: its best checkpoint is newer" if target.is_file() else "")
         try:
@@ -53,6 +53,12 @@ def extract_runs(runs_dir: Path, limit: int | None) -> dict[Path, str]:
             log.warning("%s not extracted: %s", best.parent, error)
             failed[best.parent] = f"extraction failed: {error}"
     return failed
+
+
+def stale(run: Path) -> bool:
+    """Whether the run's best checkpoint has no extraction file, or one older than the checkpoint (the run went on)."""
+    best, target = run / checkpoints.BEST, run / EXTRACTION
+    return not target.is_file() or target.stat().st_mtime_ns < best.stat().st_mtime_ns
 
 
 def extraction_status(runs: pd.DataFrame, extracted: set[Path], failed: dict[Path, str] | None) -> dict[str, str]:
@@ -67,7 +73,7 @@ def extraction_status(runs: pd.DataFrame, extracted: set[Path], failed: dict[Pat
             status[str(run)] = f"no {checkpoints.BEST} (train/main.py writes it after an evaluation)"
         elif run not in extracted:
             status[str(run)] = "not extracted: pass --extract"
-        elif target.is_file() and target.stat().st_mtime_ns < best.stat().st_mtime_ns:
+        elif target.is_file() and stale(run):
             status[str(run)] = f"{EXTRACTION} is older than {checkpoints.BEST}: pass --extract to extract it again"
     return status
 

@@ -24,16 +24,15 @@ class RunLog:
     def resume(self, epochs_done: int) -> None:
         """Drop the metrics of epochs from ``epochs_done`` on: a run killed after an epoch's metrics were written
         but before its checkpoint was repeats that epoch from the checkpoint."""
-        lines = self.run_dir / "metrics.jsonl"
-        if not self.active or not lines.is_file():
+        if not self.active:
             return
-        rows = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()]
+        rows = self._rows()
         kept = [row for row in rows if row["epoch"] < epochs_done]
         if len(kept) < len(rows):
             log.warning(
                 "dropped the metrics of epoch(s) %s from %s: the checkpoint resumed from had not finished them",
                 ", ".join(str(row["epoch"]) for row in rows if row["epoch"] >= epochs_done),
-                lines,
+                self.run_dir / "metrics.jsonl",
             )
             self._write(kept)
 
@@ -58,14 +57,17 @@ class RunLog:
         log.info("epoch %d: %s", metrics["epoch"], json.dumps({k: round(v, 4) for k, v in metrics.items()}))
         if not self.active:
             return
-        lines = self.run_dir / "metrics.jsonl"
-        rows = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()] if lines.is_file() else []
-        self._write([*rows, metrics])
+        self._write([*self._rows(), metrics])
         if self.writer is not None:
             for name, value in metrics.items():
                 if name not in ("epoch", "step"):
                     self.writer.add_scalar(f"epoch/{name}", value, metrics["step"])
             self.writer.flush()
+
+    def _rows(self) -> list[dict[str, float]]:
+        """The lines of metrics.jsonl so far (none before the first epoch)."""
+        lines = self.run_dir / "metrics.jsonl"
+        return [json.loads(line) for line in lines.read_text().splitlines() if line.strip()] if lines.is_file() else []
 
     def _write(self, rows: list[dict[str, float]]) -> None:
         """metrics.jsonl (written whole, then renamed into place) and metrics.csv from it."""
