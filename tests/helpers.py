@@ -12,6 +12,17 @@ def randn(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, rng:
     return torch.randn(shape, generator=rng, device=device, dtype=torch.float64).to(dtype)
 
 
+def vit_like_tokens(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, rng: torch.Generator) -> Tensor:
+    """Tokens [B, N, C] like a ViT's: a large part common to the image (30× the rest), and 20 groups of
+    near-duplicates (a flat image region) 0.01 apart — where |a|² + |b|² - 2ab cancels."""
+    b, n, c = shape
+    common = 30 * torch.randn(b, 1, c, generator=rng, device=device, dtype=torch.float64)
+    groups = torch.randn(b, 20, c, generator=rng, device=device, dtype=torch.float64)
+    member = torch.randint(0, 20, (b, n), generator=rng, device=device)
+    jitter = 0.01 * torch.randn(b, n, c, generator=rng, device=device, dtype=torch.float64)
+    return (common + groups.gather(1, member[..., None].expand(-1, -1, c)) + jitter).to(dtype)
+
+
 def non_contiguous(t: Tensor) -> Tensor:
     """The same values in a tensor whose last dimension is strided."""
     wide = torch.stack([t, torch.zeros_like(t)], dim=-1)

@@ -6,7 +6,7 @@ import torch
 from tokred import ops, reference
 from tokred.reference.distance import pairwise_distance
 
-from helpers import FLOAT_DTYPES, assert_same_clustering, non_contiguous, randn
+from helpers import FLOAT_DTYPES, assert_same_clustering, non_contiguous, randn, vit_like_tokens
 
 SHAPES = [(16, 196, 64, 98), (1, 196, 32, 49), (3, 17, 8, 5), (2, 33, 16, 1), (2, 20, 8, 20), (4, 4, 8, 2)]
 
@@ -47,6 +47,13 @@ def test_equal_tokens_break_ties_by_index(device, dtype):
     # duplicated pairs: each pair shares a density and a position
     y = torch.randn(1, 5, 4, device=device, dtype=dtype).repeat_interleave(2, dim=1)
     assert_same_clustering(y, ops.dpc_knn(y, 4), reference.dpc_knn(y, 4), exact=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tokens_with_a_large_common_part(device, rng, dtype):
+    """Distances stay accurate where the norms dwarf them (a shared component, near-duplicate tokens)."""
+    x = vit_like_tokens((8, 196, 64), dtype, device, rng)
+    assert_same_clustering(x, ops.dpc_knn(x, 49), reference.dpc_knn(x, 49), exact=dtype == torch.float64)
 
 
 def test_non_contiguous_inputs(device, rng):

@@ -4,7 +4,7 @@ import torch
 from tokred import ops, reference
 from tokred.reference.distance import pairwise_distance
 
-from helpers import FLOAT_DTYPES, assert_same_clustering, non_contiguous, randn
+from helpers import FLOAT_DTYPES, assert_same_clustering, non_contiguous, randn, vit_like_tokens
 
 SHAPES = [(16, 196, 64, 98), (1, 196, 32, 49), (3, 17, 8, 5), (2, 33, 16, 1), (2, 20, 8, 20)]
 
@@ -32,6 +32,16 @@ def test_iterations(device, rng, iters):
         assert_same_clustering(x, got, reference.kmedoids(x, w, 12, iters, rule), exact=True)
     if iters == 0:  # the K heaviest tokens, heaviest first
         assert torch.equal(got.centres, w.topk(12, dim=-1).indices)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rule", ["paper", "medoid"])
+def test_tokens_with_a_large_common_part(device, rng, dtype, rule):
+    """Distances stay accurate where the norms dwarf them (a shared component, near-duplicate tokens)."""
+    x = vit_like_tokens((8, 196, 64), dtype, device, rng)
+    w = torch.rand(8, 196, generator=rng, device=device, dtype=torch.float64).to(dtype)
+    got = ops.kmedoids(x, w, 49, 3, rule)
+    assert_same_clustering(x, got, reference.kmedoids(x, w, 49, 3, rule), exact=dtype == torch.float64)
 
 
 def test_ties_and_duplicates(device):

@@ -1,4 +1,5 @@
-// CPU building blocks shared by the kernels: a vectorisable exp and per-image pairwise distances.
+// CPU building blocks shared by the kernels: a vectorisable exp, per-image pairwise distances and the nearest
+// centre of each token.
 #pragma once
 
 #include <algorithm>
@@ -7,6 +8,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 namespace tokred::cpu {
 
@@ -27,6 +30,22 @@ inline float exp_approx(float x) {
 }
 inline double exp_approx(double x) { return std::exp(x); }
 
+// One 512-bit register of T (two 256-bit ones on AVX2), for loops GCC does not vectorise by itself.
+template <typename T>
+using Lanes [[gnu::vector_size(64)]] = T;
+template <typename T>
+constexpr int64_t kLanes = sizeof(Lanes<T>) / sizeof(T);
+template <typename T>
+inline Lanes<T> load_lanes(const T* p) {
+  Lanes<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// The integer of T's width: Lanes<LaneIndex<T>> has as many lanes as Lanes<T> (and holds its comparisons).
+template <typename T>
+using LaneIndex = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+
 // Sum and maximum over p[0, n) in 16 interleaved lanes, so the loops vectorise without -ffast-math.
 template <typename A>
 inline A lane_sum(const A* __restrict p, int64_t n) {
@@ -43,14 +62,13 @@ inline A lane_sum(const A* __restrict p, int64_t n) {
 
 template <typename A>
 inline A lane_max(const A* __restrict p, int64_t n) {
-  using Lanes [[gnu::vector_size(64)]] = A;  // GCC does not vectorise a scalar max reduction by itself
-  constexpr int64_t lanes = sizeof(Lanes) / sizeof(A);
-  Lanes part;
+  constexpr int64_t lanes = kLanes<A>;
+  Lanes<A> part;
   for (int64_t l = 0; l < lanes; ++l) part[l] = -std::numeric_limits<A>::infinity();
   int64_t j = 0;
   for (; j + lanes <= n; j += lanes) {
-    Lanes x;
-    std::memcpy(&x, p + j, sizeof(Lanes));
+    Lanes<A> x;
+    std::memcpy(&x, p + j, sizeof(x));
     part = x > part ? x : part;
   }
   A best = part[0];
@@ -63,16 +81,65 @@ inline A lane_max(const A* __restrict p, int64_t n) {
 // the best one the CPU has.
 #define TOKRED_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 
-// Squared Euclidean distances sq[N, N] between the rows of x[N, C], from coordinate differences
-// (sq_ii = 0 exactly, equal rows give exact zeros). xt[C, N] is scratch. Defined in pairwise.cpp.
-void squared_distances(const float* x, int64_t n, int64_t c, float* xt, float* sq);
-void squared_distances(const double* x, int64_t n, int64_t c, double* xt, double* sq);
-
-// Euclidean distances dist[N, N] = sqrt(squared distances) * scale.
+// The Euclidean distances of one image's tokens x[N, C] (row-major, contiguous), times scale:
+// at(i, j) for i, j < N; exactly symmetric, 0 on the diagonal and between equal tokens. Keeps its buffers
+// from one image to the next. Defined in pairwise.cpp for float and double.
 template <typename T>
-inline void distances(const T* x, int64_t n, int64_t c, T scale, T* xt, T* dist) {
-  squared_distances(x, n, c, xt, dist);
-  for (int64_t e = 0; e < n * n; ++e) dist[e] = std::sqrt(dist[e]) * scale;
+struct Distances {
+  std::vector<T> xt;     // [C, stride]: the centred tokens, transposed and zero-padded
+  std::vector<T> dist;   // [rows, stride]: rows >= N, stride >= rows (multiples of the Gram tile)
+  std::vector<T> norms;  // [N]: squared norms of the centred tokens
+  std::vector<T> mean;   // [C]
+  int64_t stride = 0;
+
+  void compute(const T* x, int64_t n, int64_t c, T scale);
+  const T* row(int64_t i) const { return dist.data() + i * stride; }
+  T at(int64_t i, int64_t j) const { return dist[i * stride + j]; }
+};
+
+// assignment[i] = the q < K whose token centres[q] is nearest token i < N (the lowest q on ties), one centre's
+// row at a time (the distances are symmetric). best[N] is scratch.
+template <typename T>
+void nearest_centre(const Distances<T>& dist, int64_t n, const int64_t* centres, int64_t k, T* best,
+                    int64_t* assignment) {
+  std::copy(dist.row(centres[0]), dist.row(centres[0]) + n, best);
+  std::fill(assignment, assignment + n, int64_t(0));
+  for (int64_t q = 1; q < k; ++q) {
+    const T* row = dist.row(centres[q]);
+    for (int64_t i = 0; i < n; ++i) {
+      const bool closer = row[i] < best[i];
+      best[i] = closer ? row[i] : best[i];
+      assignment[i] = closer ? q : assignment[i];
+    }
+  }
+}
+
+// out[r] = the index of rank r < k among key[0, n) in descending order, lower index first on ties: each entry
+// counts the entries before it, a vector at a time (O(N^2) branch-free compares beat a sort for a few hundred
+// tokens). NaN keys are first changed to +inf in place, so the ranks stay a permutation.
+template <typename T>
+void top_k_by_rank(T* key, int64_t n, int64_t k, int64_t* out) {
+  constexpr int64_t lanes = kLanes<T>;
+  for (int64_t j = 0; j < n; ++j) key[j] = std::isnan(key[j]) ? std::numeric_limits<T>::infinity() : key[j];
+  for (int64_t i = 0; i < n; ++i) {
+    const T own = key[i];
+    Lanes<LaneIndex<T>> before = {};  // minus the count of entries before own, per lane (a true compare is -1)
+    int64_t j = 0, rank = 0;
+    for (; j + lanes <= i; j += lanes) {
+      Lanes<T> v;
+      std::memcpy(&v, key + j, sizeof(v));
+      before += v >= own;
+    }
+    for (; j < i; ++j) rank += key[j] >= own;
+    for (j = i + 1; j + lanes <= n; j += lanes) {
+      Lanes<T> v;
+      std::memcpy(&v, key + j, sizeof(v));
+      before += v > own;
+    }
+    for (; j < n; ++j) rank += key[j] > own;
+    for (int64_t l = 0; l < lanes; ++l) rank -= before[l];
+    if (rank < k) out[rank] = i;
+  }
 }
 
 }  // namespace tokred::cpu

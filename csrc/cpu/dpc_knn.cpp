@@ -15,71 +15,90 @@ namespace {
 
 template <typename A>
 struct Workspace {
-  std::vector<A> xt, dist, nearest, density, score;
-  std::vector<int64_t> order;
-  Workspace(int64_t n, int64_t c, int64_t k) : xt(n * c), dist(n * n), nearest(k), density(n), score(n), order(n) {}
+  Distances<A> distances;
+  std::vector<A> smallest;              // [k, lanes]: per lane, the k smallest distances so far, ascending
+  std::vector<A> density, score, best;  // density padded to whole vectors
+  Workspace(int64_t n, int64_t k) : smallest(k * kLanes<A>), density(n + kLanes<A>), score(n), best(n) {}
 };
 
 // One image: x[N, C] in the accumulation type, optional valid[N] and noise[N].
+//
+// Density and parent distance take the tokens a vector of lanes at a time (tokens i0 .. i0 + lanes - 1) and
+// read, for every other token j, the vector D[j, i0 ..] (D is symmetric: it is column j of those rows), so
+// each token's loop over j runs in order, branch-free, in its own lane.
 template <typename A>
 void dpc_image(const A* x, const bool* valid, const A* noise, int64_t n, int64_t c, int64_t num_clusters,
                int64_t k_neighbors, Workspace<A>& ws, int64_t* centres, int64_t* assignment) {
-  const auto ok = [&](int64_t i) { return valid == nullptr || valid[i]; };
+  using V = Lanes<A>;
+  using Index = Lanes<LaneIndex<A>>;
+  constexpr int64_t lanes = kLanes<A>;
   constexpr A inf = std::numeric_limits<A>::infinity();
-  A* dist = ws.dist.data();
-  distances(x, n, c, A(1) / std::sqrt(static_cast<A>(c)), ws.xt.data(), dist);
+  const auto ok = [&](int64_t i) { return valid == nullptr || valid[i]; };
+  Distances<A>& dist = ws.distances;
+  dist.compute(x, n, c, A(1) / std::sqrt(static_cast<A>(c)));
+  const auto column = [&](int64_t j, int64_t i0) { return load_lanes(dist.row(j) + i0); };
 
-  // Density: exp(-mean squared distance to the k nearest valid tokens, the token itself included).
+  // Density: exp(-mean squared distance to the k nearest valid tokens, the token itself included), from a
+  // sorting network per lane that keeps the k smallest; on the way, the largest distance between valid tokens.
   const int64_t k = std::min(k_neighbors, n);
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t found = 0;  // ws.nearest[0, found) holds the smallest distances so far, ascending
+  A* smallest = ws.smallest.data();
+  A image_max = -inf;
+  for (int64_t i0 = 0; i0 < n; i0 += lanes) {
+    std::fill(ws.smallest.begin(), ws.smallest.end(), inf);
+    V largest = V{} - inf;
     for (int64_t j = 0; j < n; ++j) {
       if (!ok(j)) continue;
-      const A d = dist[i * n + j];
-      if (found == k && d >= ws.nearest[k - 1]) continue;
-      int64_t p = found < k ? found++ : k - 1;
-      for (; p > 0 && ws.nearest[p - 1] > d; --p) ws.nearest[p] = ws.nearest[p - 1];
-      ws.nearest[p] = d;
+      V v = column(j, i0);
+      largest = v > largest ? v : largest;
+      for (int64_t p = 0; p < k; ++p) {
+        const V kept = load_lanes(smallest + p * lanes);
+        const auto below = v < kept;
+        const V low = below ? v : kept;
+        v = below ? kept : v;
+        std::memcpy(smallest + p * lanes, &low, sizeof(low));
+      }
     }
-    A sum = 0;
-    for (int64_t p = 0; p < found; ++p) sum += ws.nearest[p] * ws.nearest[p];
-    ws.density[i] = std::exp(-sum / static_cast<A>(std::max<int64_t>(found, 1))) + (noise ? noise[i] : A(0));
+    V sum = {}, found = {};
+    for (int64_t p = 0; p < k; ++p) {
+      const V d = load_lanes(smallest + p * lanes);
+      const auto finite = d < inf;
+      sum += finite ? d * d : V{};
+      found += finite ? V{} + A(1) : V{};
+    }
+    for (int64_t l = 0; l < lanes && i0 + l < n; ++l) {
+      const int64_t i = i0 + l;
+      ws.density[i] = std::exp(-sum[l] / std::max(found[l], A(1))) + (noise ? noise[i] : A(0));
+      if (ok(i)) image_max = std::max(image_max, largest[l]);
+    }
   }
 
-  // Parent distance: to the nearest denser valid token (equal density: the lower index is denser).
-  A image_max = -inf;
-  for (int64_t i = 0; i < n; ++i)
-    if (ok(i))
-      for (int64_t j = 0; j < n; ++j)
-        if (ok(j)) image_max = std::max(image_max, dist[i * n + j]);
-  for (int64_t i = 0; i < n; ++i) {
-    if (!ok(i)) {
-      ws.score[i] = -inf;
-      continue;
-    }
-    const A rho = ws.density[i];
-    A parent = inf;
+  // Parent distance: to the nearest denser valid token (equal density: the lower index is denser); the
+  // densest token's is the largest distance between valid tokens.
+  Index lane_index;
+  for (int64_t l = 0; l < lanes; ++l) lane_index[l] = static_cast<LaneIndex<A>>(l);
+  for (int64_t i0 = 0; i0 < n; i0 += lanes) {
+    const V rho = load_lanes(ws.density.data() + i0);
+    const Index own = lane_index + static_cast<LaneIndex<A>>(i0);
+    V parent = V{} + inf;
     for (int64_t j = 0; j < n; ++j) {
-      const A rho_j = ws.density[j];
-      if (ok(j) && (rho_j > rho || (rho_j == rho && j < i))) parent = std::min(parent, dist[i * n + j]);
+      if (!ok(j)) continue;
+      const V rho_j = V{} + ws.density[j];
+      const auto denser = (rho_j > rho) | ((rho_j == rho) & (static_cast<LaneIndex<A>>(j) < own));
+      const V v = column(j, i0);
+      parent = denser & (v < parent) ? v : parent;
     }
-    ws.score[i] = rho * (parent == inf ? image_max : parent);
+    for (int64_t l = 0; l < lanes && i0 + l < n; ++l) {
+      const int64_t i = i0 + l;
+      ws.score[i] = ok(i) ? ws.density[i] * (parent[l] == inf ? image_max : parent[l]) : -inf;
+    }
   }
 
   // Centres: the K highest scores, lower index first on ties.
-  std::iota(ws.order.begin(), ws.order.end(), int64_t(0));
-  std::partial_sort(ws.order.begin(), ws.order.begin() + num_clusters, ws.order.end(), [&](int64_t a, int64_t b) {
-    return ws.score[a] > ws.score[b] || (ws.score[a] == ws.score[b] && a < b);
-  });
-  std::copy(ws.order.begin(), ws.order.begin() + num_clusters, centres);
+  top_k_by_rank(ws.score.data(), n, num_clusters, centres);
 
-  // Assignment: nearest centre (lowest on ties); centres join themselves; masked tokens get -1.
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t best = 0;
-    for (int64_t q = 1; q < num_clusters; ++q)
-      if (dist[centres[q] * n + i] < dist[centres[best] * n + i]) best = q;
-    assignment[i] = best;
-  }
+  // Assignment: nearest centre (lowest on ties), a centre's row at a time; centres join themselves; masked
+  // tokens get -1.
+  nearest_centre(dist, n, centres, num_clusters, ws.best.data(), assignment);
   for (int64_t q = 0; q < num_clusters; ++q) assignment[centres[q]] = q;
   for (int64_t i = 0; i < n; ++i)
     if (!ok(i)) assignment[i] = -1;
@@ -104,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor> dpc_knn_cpu(const at::Tensor& x_in, int64_t n
     auto* cs = centres.mutable_data_ptr<int64_t>();
     auto* as = assignment.mutable_data_ptr<int64_t>();
     at::parallel_for(0, b, 1, [&](int64_t begin, int64_t end) {
-      Workspace<scalar_t> ws(n, c, std::min(k_neighbors, n));
+      Workspace<scalar_t> ws(n, std::min(k_neighbors, n));
       for (int64_t i = begin; i < end; ++i)
         dpc_image(xs + i * n * c, ms ? ms + i * n : nullptr, ns ? ns + i * n : nullptr, n, c, num_clusters,
                   k_neighbors, ws, cs + i * num_clusters, as + i * n);

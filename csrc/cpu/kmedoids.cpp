@@ -15,18 +15,29 @@ namespace {
 
 template <typename A>
 struct Workspace {
-  std::vector<A> xt, dist, cost, best_cost;
-  std::vector<int64_t> order, best;
-  Workspace(int64_t n, int64_t c, int64_t k) : xt(n * c), dist(n * n), cost(n), best_cost(k), order(n), best(k) {}
+  Distances<A> distances;
+  std::vector<A> cost, best_cost, nearest, order_key;
+  std::vector<LaneIndex<A>> cluster;  // padded to whole vectors
+  std::vector<int64_t> best;
+  Workspace(int64_t n, int64_t k)
+      : cost(n), best_cost(k), nearest(n), order_key(n), cluster(n + kLanes<A>), best(k) {}
 };
 
+// sums[i] = sum over j < N, in order, of D_ij, or of the D_ij with cluster[j] == cluster[i] when cluster (padded
+// to whole vectors) is given. A vector of tokens at a time, reading D[j, i0 ..] (D is symmetric: column j of
+// those rows), so every token's sum runs over j in order in its own lane.
 template <typename A>
-void assign_nearest(const A* dist, int64_t n, const int64_t* medoids, int64_t k, int64_t* assignment) {
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t best = 0;
-    for (int64_t q = 1; q < k; ++q)
-      if (dist[i * n + medoids[q]] < dist[i * n + medoids[best]]) best = q;
-    assignment[i] = best;
+void distance_sums(const Distances<A>& dist, int64_t n, const LaneIndex<A>* cluster, A* sums) {
+  constexpr int64_t lanes = kLanes<A>;
+  for (int64_t i0 = 0; i0 < n; i0 += lanes) {
+    Lanes<A> sum = {};
+    if (cluster == nullptr) {
+      for (int64_t j = 0; j < n; ++j) sum += load_lanes(dist.row(j) + i0);
+    } else {
+      const Lanes<LaneIndex<A>> own = load_lanes(cluster + i0);
+      for (int64_t j = 0; j < n; ++j) sum += cluster[j] == own ? load_lanes(dist.row(j) + i0) : Lanes<A>{};
+    }
+    for (int64_t l = 0; l < lanes && i0 + l < n; ++l) sums[i0 + l] = sum[l];
   }
 }
 
@@ -34,25 +45,22 @@ void assign_nearest(const A* dist, int64_t n, const int64_t* medoids, int64_t k,
 template <typename A>
 void kmedoids_image(const A* x, const A* w, int64_t n, int64_t c, int64_t k, int64_t iters, bool paper,
                     Workspace<A>& ws, int64_t* medoids, int64_t* assignment) {
-  A* dist = ws.dist.data();
-  squared_distances(x, n, c, ws.xt.data(), dist);
-  for (int64_t e = 0; e < n * n; ++e) dist[e] = std::sqrt(dist[e]);
+  Distances<A>& dist = ws.distances;
+  dist.compute(x, n, c, A(1));
 
-  std::iota(ws.order.begin(), ws.order.end(), int64_t(0));
-  std::partial_sort(ws.order.begin(), ws.order.begin() + k, ws.order.end(),
-                    [&](int64_t a, int64_t b) { return w[a] > w[b] || (w[a] == w[b] && a < b); });
-  std::copy(ws.order.begin(), ws.order.begin() + k, medoids);
+  std::copy(w, w + n, ws.order_key.begin());
+  top_k_by_rank(ws.order_key.data(), n, k, medoids);  // the K heaviest tokens, lower index first on ties
 
-  if (paper)  // w_i * sum_j D_ij never changes: computed once, not once per iteration and cluster
-    for (int64_t i = 0; i < n; ++i) ws.cost[i] = w[i] * std::accumulate(dist + i * n, dist + (i + 1) * n, A(0));
+  if (paper) {  // w_i * sum_j D_ij never changes: computed once, not once per iteration and cluster
+    distance_sums(dist, n, nullptr, ws.cost.data());
+    for (int64_t i = 0; i < n; ++i) ws.cost[i] *= w[i];
+  }
   for (int64_t t = 0; t < iters; ++t) {
-    assign_nearest(dist, n, medoids, k, assignment);
-    if (!paper)
-      for (int64_t i = 0; i < n; ++i) {
-        A sum = 0;
-        for (int64_t j = 0; j < n; ++j) sum += assignment[j] == assignment[i] ? dist[i * n + j] : A(0);
-        ws.cost[i] = sum;
-      }
+    nearest_centre(dist, n, medoids, k, ws.nearest.data(), assignment);
+    if (!paper) {  // the sum of distances to the members of the own cluster
+      std::copy(assignment, assignment + n, ws.cluster.begin());
+      distance_sums(dist, n, ws.cluster.data(), ws.cost.data());
+    }
     std::fill(ws.best.begin(), ws.best.end(), int64_t(-1));
     for (int64_t i = 0; i < n; ++i) {  // segmented argmin: first member with the lowest cost
       const int64_t q = assignment[i];
@@ -64,7 +72,7 @@ void kmedoids_image(const A* x, const A* w, int64_t n, int64_t c, int64_t k, int
     for (int64_t q = 0; q < k; ++q)
       if (ws.best[q] >= 0) medoids[q] = ws.best[q];  // an empty cluster keeps its medoid
   }
-  assign_nearest(dist, n, medoids, k, assignment);
+  nearest_centre(dist, n, medoids, k, ws.nearest.data(), assignment);
 }
 
 std::tuple<at::Tensor, at::Tensor> kmedoids_cpu(const at::Tensor& x_in, const at::Tensor& weights_in,
@@ -83,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor> kmedoids_cpu(const at::Tensor& x_in, const at
     auto* ms = medoids.mutable_data_ptr<int64_t>();
     auto* as = assignment.mutable_data_ptr<int64_t>();
     at::parallel_for(0, b, 1, [&](int64_t begin, int64_t end) {
-      Workspace<scalar_t> ws(n, c, num_clusters);
+      Workspace<scalar_t> ws(n, num_clusters);
       for (int64_t i = begin; i < end; ++i)
         kmedoids_image(xs + i * n * c, ws_ + i * n, n, c, num_clusters, iters, paper, ws, ms + i * num_clusters,
                        as + i * n);
