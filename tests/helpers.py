@@ -12,7 +12,9 @@ def randn(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, rng:
     return torch.randn(shape, generator=rng, device=device, dtype=torch.float64).to(dtype)
 
 
-def vit_like_tokens(shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, rng: torch.Generator) -> Tensor:
+def vit_like_tokens(
+    shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device, rng: torch.Generator
+) -> Tensor:
     """Tokens [B, N, C] like a ViT's: a large part common to the image (30× the rest), and 20 groups of
     near-duplicates (a flat image region) 0.01 apart — where |a|² + |b|² - 2ab cancels."""
     b, n, c = shape
