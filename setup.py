@@ -1,7 +1,8 @@
 """Builds tokred._C: the C++ CPU kernels always, the CUDA kernels when torch has CUDA and nvcc is found.
 
 TOKRED_CPU_ONLY=1 skips the CUDA kernels (fast local builds); TOKRED_REQUIRE_CUDA=1 fails the build
-when they cannot be compiled.
+when they cannot be compiled. tokred._C_emulated is always built: the CUDA kernels compiled as plain C++
+over the CPU emulation of csrc/emulation, which the tests run where no GPU exists.
 """
 
 import os
@@ -71,11 +72,22 @@ def extension() -> cpp_extension.CppExtension:
     )
 
 
+def emulated_extension() -> cpp_extension.CppExtension:
+    """tokred._C_emulated: one translation unit per op (it includes ../cuda/<op>.cu), the runtime, the module."""
+    emulation = CSRC / "emulation"
+    return cpp_extension.CppExtension(
+        "tokred._C_emulated",
+        relative(sorted(emulation.glob("*.cpp"))),
+        include_dirs=[str(emulation / "include")],  # before torch's: the stand-ins for the CUDA headers
+        extra_compile_args={"cxx": ["-O2", "-Wno-unknown-pragmas"]},  # g++ ignores nvcc's #pragma unroll
+    )
+
+
 def relative(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(ROOT)) for p in paths]
 
 
 setup(
-    ext_modules=[extension()],
+    ext_modules=[extension(), emulated_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )
