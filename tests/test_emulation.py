@@ -24,8 +24,9 @@ def assert_equal(got: tuple, want: tuple) -> None:
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("rule", ["nearest", "inverse"])
 def test_ats_sample(cpu_rng, dtype, rule):
-    """Identical in every dtype (both sum the CDF in float64, in one order), also with a scratch beyond shared memory."""
-    for batch, n, k in [(9, 196, 98), (2, 33, 40), (2, 4000, 300)]:  # N = 4000: 48 KB of scratch, a global workspace
+    """Identical in every dtype: both sum the CDF in float64 in one order. N = 4000 needs 48 KB of scratch, more than
+    the kernel takes from shared memory: a global workspace."""
+    for batch, n, k in [(9, 196, 98), (2, 33, 40), (2, 4000, 300)]:
         scores = torch.rand(batch, n, generator=cpu_rng, dtype=torch.float64).pow(3).to(dtype)
         mask = torch.rand(batch, n, generator=cpu_rng) > 0.3
         assert_equal(emulated.ats_sample(scores, mask, k, rule), cpu.ats_sample(scores, mask, k, rule))
@@ -57,9 +58,10 @@ def test_sinkhorn(cpu_rng, marginals):
     """Plan and histories as the CPU's to rounding: the rows' sums run in another order (a warp's tree)."""
     for dtype, tol in [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 1e-2)]:
         scores = randn((4, 49, 196), dtype, torch.device("cpu"), cpu_rng)
-        for got, want in zip(emulated.sinkhorn(scores, 0.5, 4, marginals), cpu.sinkhorn(scores, 0.5, 4, marginals)):
-            assert got.dtype == want.dtype
-            torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        got, want = emulated.sinkhorn(scores, 0.5, 4, marginals), cpu.sinkhorn(scores, 0.5, 4, marginals)
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype
+            torch.testing.assert_close(g, w, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("marginals", ["paper", "balanced"])
@@ -104,7 +106,6 @@ def test_shuffles(intrinsic, width):
         assert torch.equal(got, want), (intrinsic, b, width)
 
 
-THREADS = r"threads? [0-9, -]+"  # "threads 0-99, 128-227"
 FAULTS = {
     "skipped_barrier": [  # 100 of 256 threads reach a __syncthreads()
         r"deadlock in block \(0, 0, 0\) of kernel fault_kernel \(launched at csrc/emulation/module\.cpp:\d+ with "

@@ -1,7 +1,9 @@
 // CUDA emulation on the CPU: the kernels of csrc/cuda compile as plain C++ (g++) over this header and their device
-// code runs on the CPU, so that the tests check it where no GPU exists (tokred._C_emulated, the `cuda_emulation`
-// tests: `pytest -m cuda_emulation`). Each emulated op's .cpp includes this header, then ../cuda/<op>.cu; the stub
-// headers of include/ stand in for the CUDA and ATen-CUDA headers the .cu files include.
+// code runs on the CPU, so that the tests check it where no GPU exists. Each op's .cpp here includes this header,
+// then ../cuda/<op>.cu; include/ holds stand-ins for the CUDA and ATen-CUDA headers the .cu files include, and the end
+// of this file defines the three hooks of cuda_utils.cuh (launch, dynamic shared memory, registration: the CPU key of
+// the tokred_emu library). tokred._C_emulated carries the result; tokred/emulation.py puts its kernels in place of
+// tokred's CPU kernels: the tests' `cuda_emulation` device, whose tests `pytest -m cuda_emulation` runs alone.
 //
 // What is emulated, as the kernels use it:
 // - the keywords (__global__, __device__, __host__, __forceinline__, __launch_bounds__, __align__; __restrict__ is
@@ -69,7 +71,6 @@ constexpr int warpSize = 32;
 
 // The device library's overloads (sqrt(float) is a float, as in CUDA), in the global namespace.
 using std::exp;
-using std::isinf;
 using std::isnan;
 using std::log;
 using std::sqrt;
@@ -86,6 +87,7 @@ void sync_warp(unsigned mask, const std::source_location& where);
 const void* shuffle_exchange(const void* value, size_t size, ShuffleMode mode, unsigned mask, int b, int width,
                              const std::source_location& where);
 unsigned char* dynamic_shared_memory();
+const char* shuffle_name(ShuffleMode mode);  // "__shfl_up_sync", ...
 
 struct LaunchConfig {
   dim3 grid, block;

@@ -47,9 +47,8 @@ __global__ void shuffle_kernel(ShuffleMode mode, int b, int width, int64_t* out)
 
 // For each shuffle, the lane each of two warps' lanes read: [2 (int, double), 64].
 at::Tensor test_shuffle(c10::string_view intrinsic, int64_t b, int64_t width) {
-  constexpr std::string_view names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync"};
   int mode = 0;
-  while (mode < 4 && names[mode] != intrinsic) ++mode;
+  while (mode < 4 && shuffle_name(static_cast<ShuffleMode>(mode)) != intrinsic) ++mode;
   TORCH_CHECK(mode < 4, "tokred_emu::test_shuffle: unknown intrinsic '", intrinsic, "'");
   constexpr int threads = 64;
   auto out = at::empty({2, threads}, at::TensorOptions().dtype(at::kLong));

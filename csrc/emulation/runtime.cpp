@@ -30,7 +30,7 @@ namespace {
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kMaxThreads = 1024;                // per block, as on every GPU since sm_20
 constexpr size_t kMaxDynamicShared = 48 * 1024;  // a GPU's default limit per block
-constexpr size_t kStackBytes = 256 * 1024;       // per thread: device code needs little
+constexpr size_t kStackBytes = 256 * 1024;       // per thread, of address space: only touched pages are backed
 
 enum class State { kReady, kAtSyncthreads, kAtWarpBarrier, kExited };
 
@@ -101,8 +101,8 @@ std::string site(const std::source_location& where) {
   return path + ":" + std::to_string(where.line());
 }
 
-bool same_site(const std::source_location& a, const std::source_location& b) {
-  return a.line() == b.line() && a.column() == b.column() && std::strcmp(a.file_name(), b.file_name()) == 0;
+bool same_line(const std::source_location& a, const std::source_location& b) {
+  return a.line() == b.line() && std::strcmp(a.file_name(), b.file_name()) == 0;
 }
 
 // "threads 0-99, 128-227" (the first ranges only, when there are many).
@@ -314,7 +314,7 @@ void sync_block(const std::source_location& where) {
   }
   grid.at_syncthreads = 0;
   for (int t = 0; t < grid.threads; ++t)
-    if (!same_site(fibers[t]->where, where))
+    if (!same_line(fibers[t]->where, where))
       fail("divergent __syncthreads()",
            "the block's threads wait at different ones" + where_threads_are(0, grid.threads) + kBarrierRule);
   for (int t = 0; t < grid.threads; ++t) fibers[t]->state = State::kReady;
@@ -327,7 +327,7 @@ void sync_warp(unsigned mask, const std::source_location& where) {
 
 const void* shuffle_exchange(const void* value, size_t size, ShuffleMode mode, unsigned mask, int b, int width,
                              const std::source_location& where) {
-  const char* name = kShuffleNames[static_cast<int>(mode)];
+  const char* name = shuffle_name(mode);
   Fiber& self = running();
   Warp& warp = warp_of(self, mask, name, where);
   if (width < 1 || width > warpSize || (width & (width - 1)) != 0)
@@ -340,6 +340,8 @@ const void* shuffle_exchange(const void* value, size_t size, ShuffleMode mode, u
 }
 
 unsigned char* dynamic_shared_memory() { return dynamic_shared.data()->bytes; }
+
+const char* shuffle_name(ShuffleMode mode) { return kShuffleNames[static_cast<int>(mode)]; }
 
 void run_grid(const LaunchConfig& config, void (*body)(void*), void* context) {
   check_launch(config);
