@@ -126,9 +126,9 @@ std::string where_threads_are(int first, int count) {
   std::vector<std::string> order;
   for (int t = first; t < first + count; ++t) {
     const Fiber& f = *fibers[t];
-    const std::string doing = f.state == State::kExited ? "exited"
-                              : f.state == State::kReady ? "ready to run"
-                                                         : std::string("at ") + f.intrinsic + " (" + site(f.where) + ")";
+    std::string doing = f.state == State::kExited ? "exited" : "ready to run";
+    if (f.state == State::kAtSyncthreads || f.state == State::kAtWarpBarrier)
+      doing = std::string("at ") + f.intrinsic + " (" + site(f.where) + ")";
     auto& ids = groups[doing];
     if (ids.empty()) order.push_back(doing);
     ids.push_back(t);
