@@ -4,6 +4,8 @@ TOKRED_CPU_ONLY=1 skips the CUDA kernels (fast local builds); TOKRED_REQUIRE_CUD
 when they cannot be compiled. The CPU kernels are compiled for the building machine's own instruction set
 (-march=native: AVX-512 where it has it); TOKRED_MARCH names another target (e.g. x86-64-v3 for a cluster
 whose nodes differ from the one that builds), TOKRED_MARCH=none the compiler's default.
+tokred._C_emulated is always built: the CUDA kernels compiled as plain C++ over the CPU emulation of
+csrc/emulation, which the tests run where no GPU exists.
 """
 
 import os
@@ -80,11 +82,23 @@ def extension() -> cpp_extension.CppExtension:
     )
 
 
+def emulated_extension() -> cpp_extension.CppExtension:
+    """tokred._C_emulated: one translation unit per op (it includes ../cuda/<op>.cu), the runtime, the module."""
+    emulation = CSRC / "emulation"
+    return cpp_extension.CppExtension(
+        "tokred._C_emulated",
+        relative(sorted(emulation.glob("*.cpp"))),
+        include_dirs=[str(emulation / "include")],  # before torch's: the stand-ins for the CUDA headers
+        # g++ ignores nvcc's #pragma unroll; the CPU kernels' target, so that both contract the same FMAs
+        extra_compile_args={"cxx": ["-O2", "-Wno-unknown-pragmas", *march_flags()]},
+    )
+
+
 def relative(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(ROOT)) for p in paths]
 
 
 setup(
-    ext_modules=[extension()],
+    ext_modules=[extension(), emulated_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -1,11 +1,17 @@
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+# cuda_emulation: CPU tensors, and the CUDA kernels' device code emulated on the CPU in place of the CPU kernels.
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.cuda),
+    pytest.param("cuda_emulation", marks=pytest.mark.cuda_emulation),
+]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -18,8 +24,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(params=DEVICES)
-def device(request: pytest.FixtureRequest) -> torch.device:
-    return torch.device(request.param)
+def device(request: pytest.FixtureRequest) -> Iterator[torch.device]:
+    """The device of an operator test; for cuda_emulation the CPU, with the emulated CUDA kernels for the test."""
+    if request.param != "cuda_emulation":
+        yield torch.device(request.param)
+        return
+    from tokred.emulation import emulated_cuda_kernels
+
+    with emulated_cuda_kernels():
+        yield torch.device("cpu")
 
 
 def fresh_generator(device: torch.device) -> torch.Generator:

@@ -119,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ats_sample_cuda(const at::Tensor&
   if (b == 0) return {ids, kept, counts};
   const Scratch scratch(aligned_bytes<double>(n) + aligned_bytes<int>(n), b, scores);
   TOKRED_DISPATCH_FLOATING(scores.scalar_type(), "ats_sample_cuda", [&] {
-    ats_kernel<scalar_t><<<static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), current_stream()>>>(
+    TOKRED_LAUNCH(static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), ats_kernel<scalar_t>)(
         scores.const_data_ptr<scalar_t>(), mask.const_data_ptr<bool>(), static_cast<int>(n),
         static_cast<int>(num_samples), nearest, scratch.ref(), ids.mutable_data_ptr<int64_t>(),
         kept.mutable_data_ptr<bool>(), counts.mutable_data_ptr<int64_t>());
@@ -130,6 +130,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ats_sample_cuda(const at::Tensor&
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tokred, CUDA, m) { m.impl("ats_sample", &ats_sample_cuda); }
+TOKRED_LIBRARY_IMPL(m) { m.impl("ats_sample", &ats_sample_cuda); }
 
 }  // namespace tokred::cuda

@@ -12,6 +12,20 @@
 
 #include "../common.h"
 
+// The three hooks through which the kernel files launch, find dynamic shared memory and register: under nvcc the CUDA
+// constructs; compiled as C++ over the CPU emulation (csrc/emulation/cuda_emulation.h, which defines them first) the
+// emulator's launch and the CPU key of the tokred_emu library.
+#ifndef TOKRED_CUDA_EMULATION
+// TOKRED_LAUNCH(grid, block, shared_bytes, kernel)(args...) launches kernel on the current stream; kernel may be
+// a template with several arguments.
+#define TOKRED_LAUNCH(grid, block, shared_bytes, ...) \
+  __VA_ARGS__<<<(grid), (block), (shared_bytes), ::tokred::cuda::current_stream()>>>
+// Declares `name`, this block's dynamic shared memory (16-byte aligned).
+#define TOKRED_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+// Registers a file's kernels: TOKRED_LIBRARY_IMPL(m) { m.impl(...); }
+#define TOKRED_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(tokred, CUDA, m)
+#endif
+
 // Internal linkage: every kernel file gets its own copy of these kernels, so no kernel symbol is shared between
 // the separately compiled device modules.
 namespace tokred::cuda {
@@ -55,7 +69,7 @@ struct ScratchRef {
 
   // This block's (image's) scratch.
   __device__ unsigned char* base() const {
-    extern __shared__ __align__(16) unsigned char tokred_dynamic_smem[];
+    TOKRED_DYNAMIC_SHARED(tokred_dynamic_smem);
     return global ? global + static_cast<int64_t>(blockIdx.x) * bytes : tokred_dynamic_smem;
   }
 };
@@ -256,7 +270,7 @@ inline at::Tensor pairwise_distances(const at::Tensor& x, bool over_sqrt_c) {
   TOKRED_DISPATCH_FLOATING(x.scalar_type(), "tokred_pairwise_distance", [&] {
     using A = acc_t<scalar_t>;
     const A scale = over_sqrt_c ? A(1) / std::sqrt(static_cast<A>(c)) : A(1);
-    pairwise_distance_kernel<scalar_t, A><<<static_cast<unsigned>(blocks), kTileThreads, 0, current_stream()>>>(
+    TOKRED_LAUNCH(static_cast<unsigned>(blocks), kTileThreads, 0, pairwise_distance_kernel<scalar_t, A>)(
         x.const_data_ptr<scalar_t>(), static_cast<int>(n), static_cast<int>(c), static_cast<int>(side),
         scale, dist.mutable_data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -126,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor> dpc_knn_cuda(const at::Tensor& x_in, int64_t 
   const auto dist = pairwise_distances(x, /*over_sqrt_c=*/true);
   AT_DISPATCH_FLOATING_TYPES(acc, "dpc_knn_cuda", [&] {
     const Scratch scratch(2 * aligned_bytes<scalar_t>(n) + aligned_bytes<int>(num_clusters), b, x);
-    dpc_knn_kernel<scalar_t><<<static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), current_stream()>>>(
+    TOKRED_LAUNCH(static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), dpc_knn_kernel<scalar_t>)(
         dist.const_data_ptr<scalar_t>(), mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
         noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr, static_cast<int>(n),
         static_cast<int>(num_clusters), static_cast<int>(std::min<int64_t>(k_neighbors, n)), scratch.ref(),
@@ -138,6 +138,6 @@ std::tuple<at::Tensor, at::Tensor> dpc_knn_cuda(const at::Tensor& x_in, int64_t 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tokred, CUDA, m) { m.impl("dpc_knn", &dpc_knn_cuda); }
+TOKRED_LIBRARY_IMPL(m) { m.impl("dpc_knn", &dpc_knn_cuda); }
 
 }  // namespace tokred::cuda

@@ -105,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> kmedoids_cuda(const at::Tensor& x_in, const a
   const auto dist = pairwise_distances(x, /*over_sqrt_c=*/false);
   AT_DISPATCH_FLOATING_TYPES(acc, "kmedoids_cuda", [&] {
     const Scratch scratch(aligned_bytes<scalar_t>(n) + aligned_bytes<int>(n) + aligned_bytes<int>(num_clusters), b, x);
-    kmedoids_kernel<scalar_t><<<static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), current_stream()>>>(
+    TOKRED_LAUNCH(static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), kmedoids_kernel<scalar_t>)(
         dist.const_data_ptr<scalar_t>(), weights.const_data_ptr<scalar_t>(), static_cast<int>(n),
         static_cast<int>(num_clusters), static_cast<int>(iters), paper, scratch.ref(),
         medoids.mutable_data_ptr<int64_t>(), assignment.mutable_data_ptr<int64_t>());
@@ -116,6 +116,6 @@ std::tuple<at::Tensor, at::Tensor> kmedoids_cuda(const at::Tensor& x_in, const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tokred, CUDA, m) { m.impl("kmedoids", &kmedoids_cuda); }
+TOKRED_LIBRARY_IMPL(m) { m.impl("kmedoids", &kmedoids_cuda); }
 
 }  // namespace tokred::cuda

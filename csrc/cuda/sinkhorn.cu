@@ -189,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& s
   TOKRED_DISPATCH_FLOATING(scores.scalar_type(), "sinkhorn_cuda", [&] {
     using A = acc_t<scalar_t>;
     const Scratch scratch(aligned_bytes<A>(k) + aligned_bytes<A>(n), b, scores);
-    sinkhorn_kernel<scalar_t, A><<<static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), current_stream()>>>(
+    TOKRED_LAUNCH(static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), sinkhorn_kernel<scalar_t, A>)(
         scores.const_data_ptr<scalar_t>(), static_cast<int>(k), static_cast<int>(n), static_cast<int>(iters),
         static_cast<A>(eps), static_cast<A>(log_mu), static_cast<A>(log_nu), scratch.ref(),
         plan.mutable_data_ptr<scalar_t>(), u.mutable_data_ptr<A>(), v.mutable_data_ptr<A>());
@@ -217,11 +217,10 @@ at::Tensor sinkhorn_backward_cuda(const at::Tensor& grad_plan, const at::Tensor&
   TOKRED_DISPATCH_FLOATING(scores.scalar_type(), "sinkhorn_backward_cuda", [&] {
     using A = acc_t<scalar_t>;
     const Scratch scratch(aligned_bytes<A>(k) + aligned_bytes<A>(iters * n) + aligned_bytes<A>(iters * k), b, scores);
-    sinkhorn_backward_kernel<scalar_t, A>
-        <<<static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), current_stream()>>>(
-            grad.const_data_ptr<A>(), scores.const_data_ptr<scalar_t>(), u.const_data_ptr<A>(), v.const_data_ptr<A>(),
-            static_cast<int>(k), static_cast<int>(n), static_cast<int>(iters), static_cast<A>(eps),
-            static_cast<A>(log_mu), static_cast<A>(log_nu), scratch.ref(), out.mutable_data_ptr<scalar_t>());
+    TOKRED_LAUNCH(static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), sinkhorn_backward_kernel<scalar_t, A>)(
+        grad.const_data_ptr<A>(), scores.const_data_ptr<scalar_t>(), u.const_data_ptr<A>(), v.const_data_ptr<A>(),
+        static_cast<int>(k), static_cast<int>(n), static_cast<int>(iters), static_cast<A>(eps),
+        static_cast<A>(log_mu), static_cast<A>(log_nu), scratch.ref(), out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -229,7 +228,7 @@ at::Tensor sinkhorn_backward_cuda(const at::Tensor& grad_plan, const at::Tensor&
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tokred, CUDA, m) {
+TOKRED_LIBRARY_IMPL(m) {
   m.impl("sinkhorn", &sinkhorn_cuda);
   m.impl("sinkhorn_backward", &sinkhorn_backward_cuda);
 }

@@ -1,0 +1,164 @@
+"""The CPU emulation of the CUDA kernels: each emulated kernel against the CPU kernel, the emulator's shuffles
+against CUDA's definitions, its errors for faulty kernels, and the kernel swap of the cuda_emulation device."""
+
+import pytest
+import torch
+
+from tokred.emulation import emulated_cuda_kernels
+
+from helpers import FLOAT_DTYPES, assert_same_clustering, randn
+
+pytestmark = pytest.mark.cuda_emulation
+
+emulated, cpu = torch.ops.tokred_emu, torch.ops.tokred
+
+
+def assert_equal(got: tuple, want: tuple) -> None:
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+# ------------------------------------------------------------------------- emulated CUDA kernels vs CPU kernels
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("rule", ["nearest", "inverse"])
+def test_ats_sample(cpu_rng, dtype, rule):
+    """Identical in every dtype: both sum the CDF in float64 in one order. N = 4000 needs 48 KB of scratch, more than
+    the kernel takes from shared memory: a global workspace."""
+    for batch, n, k in [(9, 196, 98), (2, 33, 40), (2, 4000, 300)]:
+        scores = torch.rand(batch, n, generator=cpu_rng, dtype=torch.float64).pow(3).to(dtype)
+        mask = torch.rand(batch, n, generator=cpu_rng) > 0.3
+        assert_equal(emulated.ats_sample(scores, mask, k, rule), cpu.ats_sample(scores, mask, k, rule))
+
+
+def test_dpc_knn(cpu_rng):
+    x = randn((5, 196, 32), torch.float64, torch.device("cpu"), cpu_rng)
+    mask = torch.rand(5, 196, generator=cpu_rng) > 0.2
+    noise = 1e-6 * torch.rand(5, 196, generator=cpu_rng, dtype=torch.float64)
+    for k, k_neighbors, m, z in [(49, 5, None, None), (20, 1, mask, None), (196, 30, None, noise), (1, 5, mask, noise)]:
+        assert_equal(emulated.dpc_knn(x, k, k_neighbors, m, z), cpu.dpc_knn(x, k, k_neighbors, m, z))
+    x32 = x.float()
+    assert_same_clustering(x32, emulated.dpc_knn(x32, 49, 5, None, None), cpu.dpc_knn(x32, 49, 5, None, None), False)
+
+
+@pytest.mark.parametrize("rule", ["paper", "medoid"])
+def test_kmedoids(cpu_rng, rule):
+    x = randn((5, 196, 32), torch.float64, torch.device("cpu"), cpu_rng)
+    weights = torch.rand(5, 196, generator=cpu_rng, dtype=torch.float64)
+    for k, iters in [(49, 3), (1, 2), (196, 1), (20, 0)]:
+        assert_equal(emulated.kmedoids(x, weights, k, iters, rule), cpu.kmedoids(x, weights, k, iters, rule))
+    x32, w32 = x.float(), weights.float()
+    got, want = emulated.kmedoids(x32, w32, 49, 3, rule), cpu.kmedoids(x32, w32, 49, 3, rule)
+    assert_same_clustering(x32, got, want, exact=False)
+
+
+@pytest.mark.parametrize("marginals", ["paper", "balanced"])
+def test_sinkhorn(cpu_rng, marginals):
+    """Plan and histories as the CPU's to rounding: the rows' sums run in another order (a warp's tree)."""
+    for dtype, tol in [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 1e-2)]:
+        scores = randn((4, 49, 196), dtype, torch.device("cpu"), cpu_rng)
+        got, want = emulated.sinkhorn(scores, 0.5, 4, marginals), cpu.sinkhorn(scores, 0.5, 4, marginals)
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype
+            torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("marginals", ["paper", "balanced"])
+def test_sinkhorn_backward(cpu_rng, marginals):
+    """Also with T (N + K) beyond shared memory (T = 20, N = 300: a global workspace)."""
+    for k, n, iters in [(12, 40, 3), (7, 300, 20)]:
+        scores = randn((3, k, n), torch.float64, torch.device("cpu"), cpu_rng)
+        _, u, v = cpu.sinkhorn(scores, 0.7, iters, marginals)
+        grad = torch.randn(3, k, n, generator=cpu_rng, dtype=torch.float64)
+        torch.testing.assert_close(
+            emulated.sinkhorn_backward(grad, scores, u, v, 0.7, marginals),
+            cpu.sinkhorn_backward(grad, scores, u, v, 0.7, marginals),
+            rtol=1e-12,
+            atol=1e-12,
+        )
+
+
+# ------------------------------------------------------------------------------------------- the emulator
+
+
+def cuda_source_lane(intrinsic: str, lane: int, b: int, width: int) -> int:
+    """The lane whose value ``lane`` gets, in the words of the CUDA C++ Programming Guide (warp shuffle functions)."""
+    start = lane // width * width  # lanes form groups of `width`
+    if intrinsic == "__shfl_sync":  # srcLane, taken modulo width, within the group
+        return start + b % width
+    if intrinsic == "__shfl_up_sync":  # lane - delta, unless that leaves the group below
+        return lane - b if lane - b >= start else lane
+    if intrinsic == "__shfl_down_sync":  # lane + delta, unless that leaves the group above
+        return lane + b if lane + b < start + width else lane
+    # xor: groups may read earlier groups, but a later group gives the own value
+    return lane ^ b if lane ^ b < start + width else lane
+
+
+@pytest.mark.parametrize("width", [32, 16, 8, 2, 1])
+@pytest.mark.parametrize("intrinsic", ["__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync"])
+def test_shuffles(intrinsic, width):
+    """Two warps of 64 threads shuffle their thread index as an int and as a double."""
+    for b in [0, 1, 3, 5, 8, 16, 31, 37]:
+        got = emulated.test_shuffle(intrinsic, b, width)
+        lanes = [32 * (t // 32) + cuda_source_lane(intrinsic, t % 32, b, width) for t in range(64)]
+        want = torch.tensor([lanes, lanes])
+        assert torch.equal(got, want), (intrinsic, b, width)
+
+
+FAULTS = {
+    "skipped_barrier": [  # 100 of 256 threads reach a __syncthreads()
+        r"deadlock in block \(0, 0, 0\) of kernel fault_kernel \(launched at csrc/emulation/module\.cpp:\d+ with "
+        r"2x1x1 blocks of 256x1x1 threads\): no thread can go on",
+        r"threads 0-99: at __syncthreads\(\) \(csrc/emulation/module\.cpp:\d+\)",
+        r"threads 100-255: exited",
+        r"a barrier in divergent code is a bug of the kernel",
+    ],
+    "split_barrier": [  # odd and even threads at two different __syncthreads()
+        r"divergent __syncthreads\(\) in block \(0, 0, 0\) of kernel fault_kernel",
+        r"threads 0, 2, 4, .* \(128 threads\): at __syncthreads\(\) \(csrc/emulation/module\.cpp:\d+\)",
+        r"threads 1, 3, 5, .* \(128 threads\): at __syncthreads\(\) \(csrc/emulation/module\.cpp:\d+\)",
+    ],
+    "skipped_shuffle": [  # half of each warp's lanes
+        r"deadlock in block",
+        r"threads 0-15, 32-47: at __shfl_xor_sync \(csrc/emulation/module\.cpp:\d+\)",
+        r"threads 16-31, 48-63: exited",
+    ],
+    "skipped_syncwarp": [r"deadlock in block", r"threads 0, 32: exited", r"threads 1-31, 33-63: at __syncwarp\(\)"],
+    "partial_mask": [r"__shfl_xor_sync with mask 0xffff at .*: only the full mask 0xffffffff is emulated"],
+    "partial_warp": [r"in warp 1 in block .* the warp has 16 lanes, .* make the block's threads a multiple of 32"],
+    "empty_grid": [r"invalid grid \(a GPU refuses an empty one: skip the launch when there is no work\)"],
+    "too_many_threads": [r"invalid block \(1 to 1024 threads, z at most 64\) .* 2048x1x1 threads"],
+    "too_much_shared_memory": [r"more than the 48 KiB of dynamic shared memory .* 65536 bytes"],
+}
+
+
+@pytest.mark.parametrize("case", FAULTS)
+def test_faulty_kernels_are_reported(case):
+    """A faulty kernel or launch raises an error that says what and where, instead of hanging; the next launch works."""
+    with pytest.raises(RuntimeError, match="tokred CUDA emulation: ") as error:
+        emulated.test_fault(case)
+    for pattern in FAULTS[case]:
+        assert error.match(pattern)
+    assert torch.equal(emulated.test_shuffle("__shfl_xor_sync", 1, 32)[0], torch.arange(64) ^ 1)
+
+
+# ----------------------------------------------------------------------------------------- the kernel swap
+
+
+def cpu_kernel(op: str) -> str:
+    return next(line for line in torch._C._dispatch_dump_table(f"tokred::{op}").splitlines() if line.startswith("CPU:"))
+
+
+def test_kernels_swapped_in_and_back():
+    """Within the context the CPU key of every op runs the emulated kernel; after it, the CPU kernel again."""
+    ops = ["ats_sample", "dpc_knn", "kmedoids", "sinkhorn", "sinkhorn_backward"]
+    before = {op: cpu_kernel(op) for op in ops}
+    assert all("csrc/cpu/" in line for line in before.values()), before
+    with pytest.raises(ZeroDivisionError), emulated_cuda_kernels():
+        assert all("tokred/emulation.py" in cpu_kernel(op) for op in ops)
+        tokens = torch.zeros(1, 1, 1).expand(1, 50_000, 1)  # N^2 > 2^31: the CUDA kernels' limit, not the CPU's
+        with pytest.raises(RuntimeError, match="N \\* N = 2500000000 is too large for the CUDA kernels"):
+            cpu.dpc_knn(tokens, 2, 5, None, None)
+        1 / 0  # noqa: B018  (the kernels come back also when the block raises)
+    assert {op: cpu_kernel(op) for op in ops} == before
