@@ -1,5 +1,5 @@
 // CUDA building blocks shared by the kernels: per-image scratch, warp and block reductions, top-K ranks and
-// the tiled pairwise-distance kernel of DPC-KNN and K-Medoids.
+// the pairwise distances of DPC-KNN and K-Medoids.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -193,18 +193,51 @@ __device__ void top_k_by_rank(const A* key, int n, int k, Index* out) {
 }
 
 // ------------------------------------------------------------------------------------- pairwise distances
+//
+// The CPU kernels' algorithm (cpu/pairwise.cpp), step for step: the tokens centred in the accumulation type,
+// their Gram matrix on and above the diagonal with every entry one chain of FMAs over the channels in order,
+// then |a|² + |b|² - 2ab, recomputed from coordinate differences where that cancels.
 
 constexpr int kTile = 32;         // output tiles of kTile x kTile distances
 constexpr int kChunk = 32;        // channels staged in shared memory per step
 constexpr int kTileThreads = 64;  // 8 x 8 threads with 4 x 4 distances each
+constexpr int kCentreThreads = 128;
 
-// dist[b, i, j] = sqrt(sum_c (x[b, i, c] - x[b, j, c])^2) * scale for x[B, N, C], in the accumulation type A.
-// One block per (image, upper-triangle tile): the tile and its mirror get the same values, so D is exactly
-// symmetric, and its diagonal is exactly 0.
+// xc[b, i, k] = x[b, i, k] - mean_i x[b, i, k] in A, the mean summed over i in order; norms[b, i] =
+// sum_k xc[b, i, k]^2 in order. One thread per (image, channel), then one per (image, token).
 template <typename scalar_t, typename A>
-__global__ __launch_bounds__(kTileThreads) void pairwise_distance_kernel(const scalar_t* __restrict__ x, int n, int c,
-                                                                         int tiles_per_side, A scale,
-                                                                         A* __restrict__ dist) {
+__global__ __launch_bounds__(kCentreThreads) void centre_kernel(const scalar_t* __restrict__ x, int64_t b, int n, int c,
+                                                                A* __restrict__ xc) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= b * c) return;
+  const int64_t image = e / c, k = e % c;
+  const scalar_t* xb = x + image * n * c + k;
+  A* out = xc + image * n * c + k;
+  A mean = 0;
+  for (int i = 0; i < n; ++i) mean += static_cast<A>(xb[static_cast<int64_t>(i) * c]);
+  mean /= static_cast<A>(n);
+  for (int i = 0; i < n; ++i) out[static_cast<int64_t>(i) * c] = static_cast<A>(xb[static_cast<int64_t>(i) * c]) - mean;
+}
+
+template <typename A>
+__global__ __launch_bounds__(kCentreThreads) void squared_norms_kernel(const A* __restrict__ xc, int64_t rows, int c,
+                                                                       A* __restrict__ norms) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  const A* row = xc + r * c;
+  A sum = 0;
+  for (int k = 0; k < c; ++k) sum += row[k] * row[k];
+  norms[r] = sum;
+}
+
+// dist[b, i, j] for the centred tokens xc[B, N, C] and their squared norms[B, N]: one block per (image,
+// upper-triangle tile). The tile's Gram entries g_ij accumulate in registers; then sqrt(n_i + n_j - 2 g_ij) * scale,
+// from coordinate differences where n_i + n_j - 2 g_ij <= (n_i + n_j) / 16, is written to the tile and its mirror:
+// D is exactly symmetric and 0 on the diagonal.
+template <typename A>
+__global__ __launch_bounds__(kTileThreads) void distance_tile_kernel(const A* __restrict__ xc, const A* __restrict__ norms,
+                                                                     int n, int c, int tiles_per_side, A scale,
+                                                                     A* __restrict__ dist) {
   __shared__ A rows_i[kChunk][kTile + 1];  // [channel, row]: a thread reads 4 rows of one channel
   __shared__ A rows_j[kChunk][kTile + 1];
   const int tiles = tiles_per_side * (tiles_per_side + 1) / 2;
@@ -213,7 +246,8 @@ __global__ __launch_bounds__(kTileThreads) void pairwise_distance_kernel(const s
   while (tile >= tiles_per_side - ti) tile -= tiles_per_side - ti++;
   const int tj = ti + tile;
   const int i0 = ti * kTile, j0 = tj * kTile;
-  const scalar_t* xb = x + image * n * c;
+  const A* xb = xc + image * n * c;
+  const A* nb = norms + image * n;
   A* db = dist + image * n * n;
   const int tx = threadIdx.x % 8, ty = threadIdx.x / 8;  // rows i0 + ty + 8 r, columns j0 + tx + 8 s
 
@@ -222,12 +256,12 @@ __global__ __launch_bounds__(kTileThreads) void pairwise_distance_kernel(const s
     for (int e = threadIdx.x; e < kTile * kChunk; e += kTileThreads) {  // consecutive threads: consecutive channels
       const int row = e / kChunk, ch = e % kChunk, gc = c0 + ch;
       const int gi = i0 + row, gj = j0 + row;
-      rows_i[ch][row] = gi < n && gc < c ? static_cast<A>(xb[gi * c + gc]) : A(0);
-      rows_j[ch][row] = gj < n && gc < c ? static_cast<A>(xb[gj * c + gc]) : A(0);
+      rows_i[ch][row] = gi < n && gc < c ? xb[gi * c + gc] : A(0);
+      rows_j[ch][row] = gj < n && gc < c ? xb[gj * c + gc] : A(0);
     }
     __syncthreads();
-#pragma unroll 8
-    for (int ch = 0; ch < kChunk; ++ch) {
+    const int chunk = c - c0 < kChunk ? c - c0 : kChunk;  // no padded channel enters a chain
+    for (int ch = 0; ch < chunk; ++ch) {
       A a[4], b[4];
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
@@ -237,42 +271,63 @@ __global__ __launch_bounds__(kTileThreads) void pairwise_distance_kernel(const s
 #pragma unroll
       for (int r = 0; r < 4; ++r)
 #pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          const A d = a[r] - b[s];
-          acc[r][s] += d * d;
-        }
+        for (int s = 0; s < 4; ++s) acc[r][s] += a[r] * b[s];
     }
     __syncthreads();
   }
+  const A cancellation = A(1) / A(16);
 #pragma unroll
   for (int r = 0; r < 4; ++r)
 #pragma unroll
     for (int s = 0; s < 4; ++s) {
       const int i = i0 + ty + 8 * r, j = j0 + tx + 8 * s;
-      if (i >= n || j >= n) continue;
-      const A value = i == j ? A(0) : sqrt(acc[r][s]) * scale;
+      if (i >= n || j >= n || j < i) continue;
+      A value = 0;
+      if (i != j) {
+        A sq = nb[i] + nb[j] - A(2) * acc[r][s];
+        if (!(sq > cancellation * (nb[i] + nb[j]))) {
+          sq = 0;
+          for (int k = 0; k < c; ++k) {
+            const A diff = xb[i * c + k] - xb[j * c + k];
+            sq += diff * diff;
+          }
+        }
+        value = sqrt(sq) * scale;
+      }
       db[i * n + j] = value;
-      if (ti != tj) db[j * n + i] = value;
+      db[j * n + i] = value;
     }
 }
 
-// Distances [B, N, N] in the accumulation type between the rows of x[B, N, C] (contiguous), divided by sqrt(C)
-// when over_sqrt_c (the scale computed in the accumulation type, as the CPU kernel does).
+// Distances [B, N, N] in the accumulation type between the rows of x[B, N, C] (contiguous), times 1/sqrt(C) when
+// over_sqrt_c (computed in the accumulation type, as the CPU kernel does).
 inline at::Tensor pairwise_distances(const at::Tensor& x, bool over_sqrt_c) {
   const int64_t b = x.size(0), n = x.size(1), c = x.size(2);
   check_int_range(n * n, "N * N");
   check_int_range(n * c, "N * C");
-  auto dist = at::empty({b, n, n}, x.options().dtype(accumulation_type(x.scalar_type())));
+  const auto acc = accumulation_type(x.scalar_type());
+  auto dist = at::empty({b, n, n}, x.options().dtype(acc));
   const int64_t side = (n + kTile - 1) / kTile;
   const int64_t blocks = b * (side * (side + 1) / 2);
   check_int_range(blocks, "B * tiles");
+  check_int_range(b * c, "B * C");
+  check_int_range(b * n, "B * N");
   if (blocks == 0) return dist;
+  auto centred = at::empty({b, n, c}, dist.options());
+  auto norms = at::empty({b, n}, dist.options());
+  const auto grid = [](int64_t threads) { return static_cast<unsigned>((threads + kCentreThreads - 1) / kCentreThreads); };
   TOKRED_DISPATCH_FLOATING(x.scalar_type(), "tokred_pairwise_distance", [&] {
     using A = acc_t<scalar_t>;
+    TOKRED_LAUNCH(grid(b * c), kCentreThreads, 0, centre_kernel<scalar_t, A>)(
+        x.const_data_ptr<scalar_t>(), b, static_cast<int>(n), static_cast<int>(c), centred.mutable_data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    TOKRED_LAUNCH(grid(b * n), kCentreThreads, 0, squared_norms_kernel<A>)(
+        centred.const_data_ptr<A>(), b * n, static_cast<int>(c), norms.mutable_data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     const A scale = over_sqrt_c ? A(1) / std::sqrt(static_cast<A>(c)) : A(1);
-    TOKRED_LAUNCH(static_cast<unsigned>(blocks), kTileThreads, 0, pairwise_distance_kernel<scalar_t, A>)(
-        x.const_data_ptr<scalar_t>(), static_cast<int>(n), static_cast<int>(c), static_cast<int>(side),
-        scale, dist.mutable_data_ptr<A>());
+    TOKRED_LAUNCH(static_cast<unsigned>(blocks), kTileThreads, 0, distance_tile_kernel<A>)(
+        centred.const_data_ptr<A>(), norms.const_data_ptr<A>(), static_cast<int>(n), static_cast<int>(c),
+        static_cast<int>(side), scale, dist.mutable_data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dist;

@@ -15,7 +15,8 @@ namespace {
 
 // One block per image, after the distances dist[B, N, N] / sqrt(C) (exactly symmetric, so column i is row i
 // and the loops over tokens read coalesced columns). mask[B, N] and noise[B, N] may be null.
-// Scratch: density[N], score[N] (A) and centre[K] (int).
+// Scratch: density[N], score[N] (A), centre[K] (int) and smallest[k_nearest, kThreads] (A).
+// The CPU kernel's algorithm: one token per thread (a lane there), its loop over j in order.
 template <typename A>
 __global__ __launch_bounds__(kThreads) void dpc_knn_kernel(const A* __restrict__ dist, const bool* __restrict__ mask,
                                                            const A* __restrict__ noise, int n, int num_clusters,
@@ -31,56 +32,50 @@ __global__ __launch_bounds__(kThreads) void dpc_knn_kernel(const A* __restrict__
   A* density = cursor.take<A>(n);
   A* score = cursor.take<A>(n);
   int* centre = cursor.take<int>(num_clusters);
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  A* smallest = cursor.take<A>(static_cast<int64_t>(k_nearest) * kThreads) + threadIdx.x;  // [p * kThreads]
 
-  // Density: exp(-mean squared distance to the k nearest valid tokens, the token itself included). One warp
-  // per token takes k rounds of the lexicographic minimum of (distance, index) above the previous round's, so
-  // the squares are summed in ascending order, as on the CPU. k_nearest = min(k_neighbors, N). O(k N) per token.
-  for (int i = warp; i < n; i += kWarps) {
-    const A* row = d + i * n;
-    A last = -infinity<A>(), sum = 0;
-    int last_index = -1, found = 0;
-    for (; found < k_nearest; ++found) {
-      A best = infinity<A>();
-      int best_index = INT_MAX;
-      for (int j = lane; j < n; j += kWarpSize) {
-        const A dj = row[j];
-        const bool above = dj > last || (dj == last && j > last_index);
-        if (ok(j) && above && (dj < best || (dj == best && j < best_index))) {
-          best = dj;
-          best_index = j;
-        }
-      }
-      warp_argmin(best, best_index);
-      if (best_index == INT_MAX) break;  // fewer than k_nearest valid tokens
-      sum += best * best;
-      last = best;
-      last_index = best_index;
-    }
-    if (lane == 0)
-      density[i] = exp_acc(-sum / static_cast<A>(found > 1 ? found : 1)) + (noise ? noise[image * n + i] : A(0));
-  }
-  __syncthreads();
-
-  // Parent distance: to the nearest denser valid token (equal density: the lower index is denser); score[i]
-  // holds it until the image's largest distance between valid tokens is known. O(N^2).
+  // Density: exp(-mean squared distance to the k nearest valid tokens, the token itself included), from a
+  // sorting network that keeps the k smallest so far, ascending; on the way, the largest distance between valid
+  // tokens. k_nearest = min(k_neighbors, N). O(k N) per token.
   A local_max = -infinity<A>();
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    if (!ok(i)) continue;
+    for (int p = 0; p < k_nearest; ++p) smallest[p * kThreads] = infinity<A>();
+    A largest = -infinity<A>();
+    for (int j = 0; j < n; ++j) {
+      if (!ok(j)) continue;
+      A v = d[j * n + i];
+      largest = v > largest ? v : largest;
+      for (int p = 0; p < k_nearest; ++p) {
+        const A kept = smallest[p * kThreads];
+        const bool below = v < kept;
+        smallest[p * kThreads] = below ? v : kept;
+        v = below ? kept : v;
+      }
+    }
+    A sum = 0, found = 0;
+    for (int p = 0; p < k_nearest; ++p) {
+      const A nearest = smallest[p * kThreads];
+      const bool finite = nearest < infinity<A>();
+      sum += finite ? nearest * nearest : A(0);
+      found += finite ? A(1) : A(0);
+    }
+    density[i] = exp_acc(-sum / (found > A(1) ? found : A(1))) + (noise ? noise[image * n + i] : A(0));
+    if (ok(i)) local_max = largest > local_max ? largest : local_max;
+  }
+  const A image_max = block_max(local_max, max_shared);  // also the barrier after the densities
+
+  // Parent distance: to the nearest denser valid token (equal density: the lower index is denser); the densest
+  // token's is the largest distance between valid tokens. O(N^2).
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const A rho = density[i];
     A parent = infinity<A>();
     for (int j = 0; j < n; ++j) {
       if (!ok(j)) continue;
-      const A dji = d[j * n + i];
-      local_max = local_max < dji ? dji : local_max;
-      const A rho_j = density[j];
+      const A rho_j = density[j], dji = d[j * n + i];
       if ((rho_j > rho || (rho_j == rho && j < i)) && dji < parent) parent = dji;
     }
-    score[i] = parent;
+    score[i] = ok(i) ? rho * (parent == infinity<A>() ? image_max : parent) : -infinity<A>();
   }
-  const A image_max = block_max(local_max, max_shared);
-  for (int i = threadIdx.x; i < n; i += blockDim.x)
-    score[i] = ok(i) ? density[i] * (score[i] == infinity<A>() ? image_max : score[i]) : -infinity<A>();
   __syncthreads();
 
   // Centres: the K highest scores, lower index first on ties.
@@ -125,11 +120,14 @@ std::tuple<at::Tensor, at::Tensor> dpc_knn_cuda(const at::Tensor& x_in, int64_t 
   if (b == 0) return {centres, assignment};
   const auto dist = pairwise_distances(x, /*over_sqrt_c=*/true);
   AT_DISPATCH_FLOATING_TYPES(acc, "dpc_knn_cuda", [&] {
-    const Scratch scratch(2 * aligned_bytes<scalar_t>(n) + aligned_bytes<int>(num_clusters), b, x);
+    const int64_t k_nearest = std::min<int64_t>(k_neighbors, n);
+    const Scratch scratch(2 * aligned_bytes<scalar_t>(n) + aligned_bytes<int>(num_clusters) +
+                              aligned_bytes<scalar_t>(k_nearest * kThreads),
+                          b, x);
     TOKRED_LAUNCH(static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), dpc_knn_kernel<scalar_t>)(
         dist.const_data_ptr<scalar_t>(), mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
         noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr, static_cast<int>(n),
-        static_cast<int>(num_clusters), static_cast<int>(std::min<int64_t>(k_neighbors, n)), scratch.ref(),
+        static_cast<int>(num_clusters), static_cast<int>(k_nearest), scratch.ref(),
         centres.mutable_data_ptr<int64_t>(), assignment.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
