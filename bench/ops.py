@@ -15,6 +15,7 @@ r = 0.25/0.5/0.7/0.9, B = 64 and 256. Prints one table per device and writes the
     python bench/ops.py                      # CPU (2 threads) and, when present, CUDA
     python bench/ops.py --quick              # one small configuration per op (the demo)
     python bench/ops.py --device cuda --batch 256
+    python bench/ops.py --ops sinkhorn ats_sample  # only these operators
 """
 
 import argparse
@@ -40,6 +41,7 @@ log = logging.getLogger("bench.ops")
 N = 196
 RATES = (0.25, 0.5, 0.7, 0.9)
 CHANNELS = (192, 384, 768)
+BENCHED_OPS = ("ats_sample", "dpc_knn", "kmedoids", "sinkhorn")
 
 
 @dataclass
@@ -133,11 +135,12 @@ def run(
     channels: tuple[int, ...],
     rates: tuple[float, ...],
     with_compile: bool,
+    selected: tuple[str, ...] = BENCHED_OPS,
 ) -> list[Row]:
-    compiled = {op: torch.compile(getattr(reference, op), dynamic=True) for op in ops.OPS if hasattr(reference, op)}
+    compiled = {op: torch.compile(getattr(reference, op), dynamic=True) for op in selected}
     rows = []
     for batch in batches:
-        for case in cases(batch, device, channels, rates):
+        for case in (c for c in cases(batch, device, channels, rates) if c.op in selected):
             floor = baselines.gram if case.floor == "gemm" else baselines.copy
             compiled_ms = measure(compiled[case.op], case.args, device) if with_compile else None
             row = Row(
@@ -203,6 +206,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--quick", action="store_true", help="B=64, C=384, r=0.5 only, no torch.compile")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
+    parser.add_argument("--ops", nargs="+", choices=BENCHED_OPS, default=list(BENCHED_OPS), help="operators to time")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="folder for the JSON files")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -224,7 +228,8 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     for device in devices:
-        rows = run(device, batches, channels, rates, with_compile=not (args.quick or args.no_compile))
+        with_compile = not (args.quick or args.no_compile)
+        rows = run(device, batches, channels, rates, with_compile, tuple(args.ops))
         name = device_name(device)
         print(f"\n### {device.type}: {name} (torch {torch.__version__})\n\n{table(rows)}")
         path = args.out / f"ops_{device.type}.json"

@@ -113,3 +113,31 @@ def test_trim_to_batch_max(device, rng):
     width = int(sample.counts.max())
     assert trimmed.ids.shape == (6, width) and torch.equal(trimmed.ids, sample.ids[:, :width])
     assert not sample.mask[:, width:].any()
+
+
+@pytest.mark.parametrize("rule", ["nearest", "inverse"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ties_zeros_and_masks_together(device, rng, dtype, rule):
+    """Few distinct scores (many equal CDF values), zero and negative scores, masked runs, empty images and K up to
+    3 N: the sample is the reference's, image by image."""
+    batch, n = 24, 23
+    levels = torch.tensor([-0.5, 0.0, 0.0, 0.25, 1.0], dtype=torch.float64, device=device)
+    scores = levels[torch.randint(len(levels), (batch, n), generator=rng, device=device)].to(dtype)
+    mask = torch.rand(batch, n, generator=rng, device=device) >= torch.linspace(0, 1, batch, device=device)[:, None]
+    for k in (1, 2, 7, n, 3 * n):
+        assert_same_sample(ops.ats_sample(scores, mask, k, rule), reference.ats_sample(scores, mask, k, rule))
+
+
+def test_kernel_refusals_are_typed_errors(device):
+    """The wrapper leaves the checks to the kernel; its refusals still come as the wrapper's typed errors."""
+    scores = torch.rand(2, 10, device=device)
+    with pytest.raises(TypeError, match="num_samples must be an int, got bool"):
+        ops.ats_sample(scores, None, True)
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        ops.ats_sample(scores, scores, 3)
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        ops.ats_sample(scores, None, 0)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        ops.ats_sample(scores, None, 3, "median")
+    with pytest.raises(ValueError, match="mask is on meta"):
+        ops.ats_sample(scores, torch.ones(2, 10, dtype=torch.bool, device="meta"), 3)

@@ -169,3 +169,83 @@ def test_gradient_matches_autograd_through_reference(device, rng, dtype):
     assert grads[0].dtype == dtype
     rtol, atol = TOLERANCE[dtype]
     torch.testing.assert_close(grads[0], grads[1], rtol=rtol * 10, atol=atol * 10)
+
+
+def plan_tolerance(dtype: torch.dtype, z: torch.Tensor) -> tuple[float, float]:
+    """(rtol, atol) for a plan against the float64 reference: the dtype's, or what rounding z = scores / eps to the
+    dtype allows (exp turns its absolute error, ~eps |z|, into a relative one), whichever is larger."""
+    rtol, atol = TOLERANCE[dtype]
+    return max(rtol, 4 * torch.finfo(dtype).eps * z.abs().max().item()), atol
+
+
+def assert_plan_matches_reference(plan: torch.Tensor, scores: torch.Tensor, eps: float, iters: int, marginals: str):
+    """Finite, columns summing to 1, and the float64 reference's plan (from the same values) to the tolerance."""
+    assert plan.isfinite().all() and (plan >= 0).all()
+    ones = torch.ones(plan.shape[0], plan.shape[2], dtype=plan.dtype, device=plan.device)
+    torch.testing.assert_close(plan.sum(1), ones, rtol=0, atol=64 * torch.finfo(plan.dtype).eps)
+    want = reference.sinkhorn(scores.double(), eps, iters, marginals)
+    rtol, atol = plan_tolerance(plan.dtype, scores.double() / eps)
+    torch.testing.assert_close(plan.double(), want, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "eps,scale,offset",
+    [(0.01, 1.0, 0.0), (1.0, 100.0, 0.0), (0.01, 100.0, 0.0), (1.0, 1.0, 100.0), (0.01, 1.0, 100.0)],
+    ids=["eps0.01", "scores100", "eps0.01-scores100", "offset100", "eps0.01-offset100"],
+)
+def test_log_domain_stability(device, rng, dtype, eps, scale, offset):
+    """A tiny eps, scores of magnitude 100, or both: z = scores / eps up to ~3e4, far beyond exp's range.
+
+    Scores near 100 with a small spread (offset) reach the same magnitudes with a small spread of z at eps = 1."""
+    scores = (offset + scale * randn((6, 49, 196), torch.float64, device, rng)).to(dtype)
+    for marginals in ("paper", "balanced"):
+        assert_plan_matches_reference(ops.sinkhorn(scores, eps, 3, marginals), scores, eps, 3, marginals)
+
+
+# Spreads max z - min z on both sides of where the kernels switch from the scaling domain to the log domain
+# (40 in float32, 300 in float64), and far from them.
+SPREADS = [0.5, 5.0, 30.0, 39.0, 41.0, 120.0, 290.0, 310.0, 1000.0]
+
+
+def scores_with_spreads(spreads: list[float], k: int, n: int, eps: float, dtype, device, rng) -> torch.Tensor:
+    """[len(spreads), k, n] scores whose image i has z = scores / eps spread over exactly spreads[i] (centred on 0)."""
+    x = randn((len(spreads), k, n), torch.float64, device, rng)
+    low, high = x.amin((1, 2), keepdim=True), x.amax((1, 2), keepdim=True)
+    spread = torch.tensor(spreads, dtype=torch.float64, device=device)[:, None, None]
+    return ((x - low) / (high - low) - 0.5).mul(spread * eps).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eps", [1.0, 0.05])
+def test_scaling_and_log_domain_images_in_one_batch(device, rng, dtype, eps):
+    """Each image takes the scaling or the log domain by its own spread; every plan is the reference's, whichever
+    path its neighbours take, and the same as when the image is alone in its batch."""
+    scores = scores_with_spreads(SPREADS, 24, 61, eps, dtype, device, rng)
+    for marginals in ("paper", "balanced"):
+        plan = ops.sinkhorn(scores, eps, 3, marginals)
+        assert_plan_matches_reference(plan, scores, eps, 3, marginals)
+        alone = torch.cat([ops.sinkhorn(scores[i : i + 1], eps, 3, marginals) for i in range(len(SPREADS))])
+        torch.testing.assert_close(plan, alone, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_many_iterations_with_unequal_marginal_masses(device, rng, dtype):
+    """The study's marginals put K / (K + N) mass on the rows and N / (K + N) on the columns, so u and v drift by
+    log(K / N) per iteration: after 300 iterations by ~400, beyond float32's exp range in either domain."""
+    scores = scores_with_spreads([0.5, 8.0, 35.0, 60.0], 49, 196, 1.0, dtype, device, rng)
+    assert_plan_matches_reference(ops.sinkhorn(scores, 1.0, 300, "paper"), scores, 1.0, 300, "paper")
+
+
+@pytest.mark.parametrize("iters", [1, 3])
+def test_gradient_in_both_domains(device, rng, iters):
+    """The backward runs on the forward's u, v histories, which the scaling domain takes from the logs of its
+    scalings: the gradient of a batch mixing both domains is autograd's through the reference."""
+    scores = scores_with_spreads(SPREADS, 6, 13, 0.5, torch.float64, device, rng)
+    weights = torch.randn(scores.shape, generator=rng, device=device, dtype=torch.float64)
+    grads = []
+    for fn in (ops.sinkhorn, reference.sinkhorn):
+        z = scores.clone().requires_grad_()
+        (fn(z, 0.5, iters, "paper") * weights).sum().backward()
+        grads.append(z.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)

@@ -3,38 +3,85 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <bit>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
 #include "../common.h"
+#include "cpu_math.h"
 
 namespace tokred::cpu {
 namespace {
 
-// One image: CDF of the clamped scores in float64, then one sweep over the ascending quantiles.
+// Images whose CDFs are summed together: each sum runs in token order (as the reference's cumsum), one chain of
+// dependent additions per image, and four interleaved chains keep the adder busy.
+constexpr int64_t kGroup = 4;
+
+// A token's mass: its score clamped at 0, or 0 if it is masked (valid = 0). In integer operations, which GCC
+// vectorises (under -ftrapping-math it does not turn a floating-point comparison into a select): a set sign bit
+// clears the score.
 template <typename T>
-void ats_image(const T* scores, const bool* mask, int64_t n, int64_t k, bool nearest, int64_t* ids, bool* kept,
-               int64_t* count) {
-  std::vector<double> cdf(n);
-  double total = 0;
-  for (int64_t j = 0; j < n; ++j) total += mask[j] ? std::max(static_cast<double>(scores[j]), 0.0) : 0.0;
-  const double norm = total + 1e-6;
-  double running = 0;
-  int64_t last_valid = -1;
-  for (int64_t j = 0; j < n; ++j) {
-    if (mask[j]) {
-      running += std::max(static_cast<double>(scores[j]), 0.0) / norm;
-      last_valid = j;
-    }
-    cdf[j] = running;
+T clamped_mass(T score, uint8_t valid) {
+  using Bits = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  const Bits bits = std::bit_cast<Bits>(score);
+  return std::bit_cast<T>(bits & ~(bits >> (8 * sizeof(Bits) - 1)) & -static_cast<Bits>(valid));
+}
+
+// The CDFs rows[kGroup, N] of `size` <= kGroup images scores[size, N] (rows beyond `size` hold stale values, summed
+// and ignored): each clamped mass divided by its image's total, then summed in token order. A masked token adds 0,
+// so its CDF value is that of the valid token before it.
+template <typename T>
+void cdf_rows(const T* __restrict scores, const uint8_t* __restrict mask, int64_t size, int64_t n,
+              double* __restrict rows) {
+  for (int64_t b = 0; b < size; ++b) {
+    double* row = rows + b * n;
+    for (int64_t j = 0; j < n; ++j) row[j] = static_cast<double>(clamped_mass(scores[b * n + j], mask[b * n + j]));
+    const double norm = lane_sum(row, n) + 1e-6;
+    for (int64_t j = 0; j < n; ++j) row[j] /= norm;
   }
+  double running[kGroup] = {};
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t b = 0; b < kGroup; ++b) {
+      running[b] += rows[b * n + j];
+      rows[b * n + j] = running[b];
+    }
+}
+
+TOKRED_VECTOR_CLONES void cdfs(const float* scores, const uint8_t* mask, int64_t size, int64_t n, double* rows) {
+  cdf_rows(scores, mask, size, n, rows);
+}
+TOKRED_VECTOR_CLONES void cdfs(const double* scores, const uint8_t* mask, int64_t size, int64_t n, double* rows) {
+  cdf_rows(scores, mask, size, n, rows);
+}
+
+// The sweep compares CDF values by their bit patterns, which order non-negative doubles as their values, in integer
+// instructions (a floating-point comparison branches on NaN too). A masked token's key, -inf's, is below every
+// quantile; the key one past the last token, +inf's, above.
+constexpr int64_t kMaskedKey = std::bit_cast<int64_t>(-std::numeric_limits<double>::infinity());
+constexpr int64_t kEndKey = std::bit_cast<int64_t>(std::numeric_limits<double>::infinity());
+
+// One image's sample from its CDF cdf[N]: one sweep over the ascending quantiles q[K]. key[N + 1] is scratch.
+TOKRED_VECTOR_CLONES void sample(const double* __restrict cdf, const uint8_t* __restrict mask, int64_t n,
+                                 const double* __restrict q, int64_t k, bool nearest, int64_t* __restrict key,
+                                 int64_t* __restrict ids, bool* __restrict kept, int64_t* __restrict count) {
+  for (int64_t j = 0; j < n; ++j) key[j] = mask[j] ? std::bit_cast<int64_t>(cdf[j]) : kMaskedKey;
+  key[n] = kEndKey;
+  int64_t last_valid = n - 1;
+  while (last_valid >= 0 && !mask[last_valid]) --last_valid;
   int64_t used = 0;
   if (last_valid >= 0) {
-    int64_t hi = 0;            // first valid token whose CDF reaches q (n when none does)
-    int64_t lo = -1;           // the valid token before hi
-    int64_t lo_run_start = -1; // first valid token with lo's CDF value (argmin's first index on ties)
+    int64_t hi = 0;             // first valid token whose CDF reaches q (n when none does)
+    int64_t lo = -1;            // the valid token before hi
+    int64_t lo_key = -1;        // its key (no CDF value has it)
+    int64_t lo_run_start = -1;  // first valid token with lo's CDF value (argmin's first index on ties)
+    int64_t last_pick = -1;
     for (int64_t i = 0; i < k; ++i) {
-      const double q = static_cast<double>(2 * i + 1) / static_cast<double>(2 * (k + 1));
-      for (; hi < n && (!mask[hi] || cdf[hi] < q); ++hi) {
-        if (!mask[hi]) continue;
-        if (lo < 0 || cdf[hi] != cdf[lo]) lo_run_start = hi;
+      for (const int64_t q_key = std::bit_cast<int64_t>(q[i]); key[hi] < q_key; ++hi) {
+        if (key[hi] == kMaskedKey) continue;
+        lo_run_start = key[hi] != lo_key ? hi : lo_run_start;
+        lo_key = key[hi];
         lo = hi;
       }
       int64_t pick;
@@ -45,14 +92,14 @@ void ats_image(const T* scores, const bool* mask, int64_t n, int64_t k, bool nea
       } else if (lo < 0) {
         pick = hi;
       } else {
-        pick = (q - cdf[lo] <= cdf[hi] - q) ? lo_run_start : hi;
+        pick = (q[i] - cdf[lo] <= cdf[hi] - q[i]) ? lo_run_start : hi;
       }
-      if (used == 0 || ids[used - 1] != pick) ids[used++] = pick;
+      if (pick != last_pick) ids[used++] = last_pick = pick;
     }
   }
   for (int64_t i = 0; i < k; ++i) {
     kept[i] = i < used;
-    if (i >= used) ids[i] = -1;
+    ids[i] = i < used ? ids[i] : -1;
   }
   *count = used;
 }
@@ -61,22 +108,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ats_sample_cpu(const at::Tensor& 
                                                               int64_t num_samples, c10::string_view rule) {
   check_ats_args(scores_in, mask_in, num_samples);
   const bool nearest = ats_nearest(rule);
-  const auto scores = scores_in.contiguous();
+  // float16 and bfloat16 scores are exact in float; the CDF is float64 either way
+  const auto scores = (scores_in.scalar_type() == at::kDouble ? scores_in : scores_in.to(at::kFloat)).contiguous();
   const auto mask = mask_in.contiguous();
-  const int64_t b = scores.size(0), n = scores.size(1);
-  auto ids = at::empty({b, num_samples}, scores.options().dtype(at::kLong));
-  auto kept = at::empty({b, num_samples}, scores.options().dtype(at::kBool));
+  const int64_t b = scores.size(0), n = scores.size(1), k = num_samples;
+  auto ids = at::empty({b, k}, scores.options().dtype(at::kLong));
+  auto kept = at::empty({b, k}, scores.options().dtype(at::kBool));
   auto counts = at::empty({b}, scores.options().dtype(at::kLong));
-  TOKRED_DISPATCH_FLOATING(scores.scalar_type(), "ats_sample_cpu", [&] {
+  // the study's quantile grid q_i = (2i + 1) / (2 (K + 1)), computed as the reference computes it
+  std::vector<double> q(k);
+  for (int64_t i = 0; i < k; ++i) q[i] = static_cast<double>(2 * i + 1) / static_cast<double>(2 * (k + 1));
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "ats_sample_cpu", [&] {
     const auto* s = scores.const_data_ptr<scalar_t>();
-    const auto* m = mask.const_data_ptr<bool>();
+    const auto* m = reinterpret_cast<const uint8_t*>(mask.const_data_ptr<bool>());
     auto* out_ids = ids.mutable_data_ptr<int64_t>();
     auto* out_kept = kept.mutable_data_ptr<bool>();
     auto* out_counts = counts.mutable_data_ptr<int64_t>();
     at::parallel_for(0, b, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i)
-        ats_image(s + i * n, m + i * n, n, num_samples, nearest, out_ids + i * num_samples,
-                  out_kept + i * num_samples, out_counts + i);
+      std::vector<double> rows(kGroup * n, 0.0);
+      std::vector<int64_t> key(n + 1);
+      for (int64_t first = begin; first < end; first += kGroup) {
+        const int64_t size = std::min(kGroup, end - first);
+        cdfs(s + first * n, m + first * n, size, n, rows.data());
+        for (int64_t i = first; i < first + size; ++i)
+          sample(rows.data() + (i - first) * n, m + i * n, n, q.data(), k, nearest, key.data(), out_ids + i * k,
+                 out_kept + i * k, out_counts + i);
+      }
     });
   });
   return {ids, kept, counts};

@@ -77,6 +77,44 @@ inline A lane_max(const A* __restrict p, int64_t n) {
   return best;
 }
 
+// Dot product of p[0, n) and q[0, n) in 16 interleaved lanes (as lane_sum).
+template <typename A>
+inline A lane_dot(const A* __restrict p, const A* __restrict q, int64_t n) {
+  constexpr int64_t lanes = 16;
+  A part[lanes] = {};
+  int64_t j = 0;
+  for (; j + lanes <= n; j += lanes)
+    for (int64_t l = 0; l < lanes; ++l) part[l] += p[j + l] * q[j + l];
+  for (; j < n; ++j) part[0] += p[j] * q[j];
+  A total = 0;
+  for (int64_t l = 0; l < lanes; ++l) total += part[l];
+  return total;
+}
+
+// log for positive, normal float x without a library call or branch, so loops over it vectorise (Cephes' logf:
+// absolute error < 1e-7 where |log x| < 1, relative error < 1e-7 elsewhere).
+inline float log_approx(float x) {
+  const int32_t bits = std::bit_cast<int32_t>(x);
+  float e = static_cast<float>((bits >> 23) - 126);  // x = m 2^e with m in [0.5, 1)
+  float m = std::bit_cast<float>((bits & 0x007fffff) | 0x3f000000);
+  const bool low = m < 0.707106781186547524f;  // then m, e -> 2m, e - 1: m in [sqrt(1/2), sqrt(2))
+  e = low ? e - 1.0f : e;
+  m = (low ? m + m : m) - 1.0f;
+  const float z = m * m;
+  float p = 7.0376836292e-2f;
+  p = p * m - 1.1514610310e-1f;
+  p = p * m + 1.1676998740e-1f;
+  p = p * m - 1.2420140846e-1f;
+  p = p * m + 1.4249322787e-1f;
+  p = p * m - 1.6668057665e-1f;
+  p = p * m + 2.0000714765e-1f;
+  p = p * m - 2.4999993993e-1f;
+  p = p * m + 3.3333331174e-1f;
+  const float y = p * m * z - 2.12194440e-4f * e - 0.5f * z;
+  return (m + y) + 0.693359375f * e;  // e ln 2 in two parts (Cephes)
+}
+inline double log_approx(double x) { return std::log(x); }
+
 // Builds a function, with everything it calls inlined, for several instruction sets; the loader picks
 // the best one the CPU has.
 #define TOKRED_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))

@@ -1,10 +1,14 @@
-// Log-domain Sinkhorn on the CPU, forward and backward (reference: tokred/reference/sinkhorn.py).
+// Sinkhorn on the CPU, forward and backward (reference: tokred/reference/sinkhorn.py): the forward per image in the
+// scaling domain (one exp per entry, then matrix-vector products) where the spread of its scores allows it, in the
+// log domain otherwise; the backward in the log domain.
 #include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <limits>
+#include <numbers>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -15,7 +19,92 @@
 namespace tokred::cpu {
 namespace {
 
-// One image forward: z[K, N] = scores / eps; work[K*N + K + N] is scratch; writes u_hist[T, K],
+// The largest spread D = max z - min z of an image's z = scores / eps for which its forward runs in the scaling
+// domain (below). There E = exp(z - max z) >= exp(-D), b >= exp(-D) / 2 and a <= 2 mu exp(D), so every term the
+// iterations sum, E_kj b_j >= exp(-2D) / 2 and E_kj a_k >= exp(-D) mu / N, is a normal number of A and every sum is
+// far from overflow: the accumulation is as exact as in the log domain.
+template <typename A>
+constexpr A kScalingSpread = std::is_same_v<A, float> ? A(40) : A(300);
+
+// The smallest and largest of p[0, n).
+template <typename A>
+std::pair<A, A> min_max(const A* __restrict p, int64_t n) {
+  using Lanes [[gnu::vector_size(64)]] = A;  // GCC does not vectorise scalar min and max reductions by itself
+  constexpr int64_t lanes = sizeof(Lanes) / sizeof(A);
+  Lanes lo, hi;
+  for (int64_t l = 0; l < lanes; ++l) {
+    lo[l] = std::numeric_limits<A>::infinity();
+    hi[l] = -std::numeric_limits<A>::infinity();
+  }
+  int64_t j = 0;
+  for (; j + lanes <= n; j += lanes) {
+    Lanes x;
+    std::memcpy(&x, p + j, sizeof(Lanes));
+    lo = x < lo ? x : lo;
+    hi = x > hi ? x : hi;
+  }
+  A smallest = lo[0], largest = hi[0];
+  for (int64_t l = 1; l < lanes; ++l) {
+    smallest = std::min(smallest, lo[l]);
+    largest = std::max(largest, hi[l]);
+  }
+  for (; j < n; ++j) {
+    smallest = std::min(smallest, p[j]);
+    largest = std::max(largest, p[j]);
+  }
+  return {smallest, largest};
+}
+
+// One image forward in the scaling domain (max z - min z <= kScalingSpread) from its scores s[K, N], z = s / eps and
+// s_max the largest score; E[K, N] and work[K + 2N] are scratch; writes u_hist[T, K], v_hist[T, N] and plan[K, N]
+// (T >= 1).
+//
+// One exp per entry, E = exp(z - max z). With a_k = exp(u_k + max z + beta) and b_j = exp(v_j - beta), the log-domain
+// updates are matrix-vector products: u_k = log mu - LSE_j(z_kj + v_j) gives a_k = mu / (E b)_k, and
+// v_j = log nu - LSE_k(z_kj + u_k) gives b_j = nu / (E^T a)_j; u and v are the logs. beta, a multiple of log 2, keeps
+// max b in [1/2, 1) (b is rescaled by powers of 2, exactly), so neither a nor b drifts however many iterations run
+// (with the study's marginals sum mu != sum nu: u drifts by log(K / N) per iteration, v by log(N / K)). The plan
+// exp(z + u + v) / nu = E_kj a_k / (E^T a)_j is the last column normalisation itself: its columns sum to 1 to rounding.
+template <typename A>
+void scaling_forward(const A* __restrict s, int64_t k, int64_t n, int64_t iters, A eps, A s_max, A log_mu, A log_nu,
+                     A* __restrict E, A* __restrict work, A* __restrict u_hist, A* __restrict v_hist,
+                     A* __restrict plan) {
+  A* a = work;
+  A* b = a + k;
+  A* c = b + n;
+  const A inv_eps = A(1) / eps, shift = s_max / eps;
+  for (int64_t i = 0; i < k * n; ++i) E[i] = exp_approx(s[i] * inv_eps - shift);
+  const A mu = std::exp(log_mu), nu = std::exp(log_nu);
+  std::fill(b, b + n, A(1));
+  A beta = 0;
+  for (int64_t t = 0; t < iters; ++t) {
+    for (int64_t r = 0; r < k; ++r) a[r] = lane_dot(E + r * n, b, n);
+    A* u = u_hist + t * k;
+    for (int64_t r = 0; r < k; ++r) {
+      u[r] = log_mu - shift - beta - log_approx(a[r]);
+      a[r] = mu / a[r];
+    }
+    std::fill(c, c + n, A(0));
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t j = 0; j < n; ++j) c[j] += E[r * n + j] * a[r];
+    A* v = v_hist + t * n;
+    for (int64_t j = 0; j < n; ++j) {
+      v[j] = log_nu + beta - log_approx(c[j]);
+      b[j] = nu / c[j];
+    }
+    int exponent;
+    std::frexp(lane_max(b, n), &exponent);
+    const A scale = std::ldexp(A(1), -exponent);
+    for (int64_t j = 0; j < n; ++j) b[j] *= scale;
+    beta += static_cast<A>(exponent) * std::numbers::ln2_v<A>;
+  }
+  // a and c still hold the last iteration's values
+  for (int64_t j = 0; j < n; ++j) c[j] = A(1) / c[j];
+  for (int64_t r = 0; r < k; ++r)
+    for (int64_t j = 0; j < n; ++j) plan[r * n + j] = E[r * n + j] * a[r] * c[j];
+}
+
+// One image forward in the log domain: z[K, N] = scores / eps; work[K*N + K + N] is scratch; writes u_hist[T, K],
 // v_hist[T, N] and plan[K, N] (T >= 1).
 //
 // Each iteration takes one exp per entry. The row update computes e_kj = exp(z_kj + v_j - m_k) with
@@ -28,8 +117,8 @@ namespace {
 // A column whose c_j underflows (its largest entry is ~1e-30 of its row's maximum) is redone in the
 // log domain, its plan the softmax over k of z_kj + u_k.
 template <typename A>
-void sinkhorn_forward_image(const A* __restrict z, int64_t k, int64_t n, int64_t iters, A log_mu, A log_nu,
-                            A* __restrict work, A* __restrict u_hist, A* __restrict v_hist, A* __restrict plan) {
+void log_forward(const A* __restrict z, int64_t k, int64_t n, int64_t iters, A log_mu, A log_nu,
+                 A* __restrict work, A* __restrict u_hist, A* __restrict v_hist, A* __restrict plan) {
   A* e = work;
   A* w = e + k * n;
   A* c = w + k;
@@ -124,13 +213,29 @@ void sinkhorn_backward_image(const A* z, int64_t k, int64_t n, int64_t iters, A 
   }
 }
 
-TOKRED_VECTOR_CLONES void forward_image(const float* z, int64_t k, int64_t n, int64_t iters, float log_mu, float log_nu,
-                                        float* scratch, float* u, float* v, float* plan) {
-  sinkhorn_forward_image(z, k, n, iters, log_mu, log_nu, scratch, u, v, plan);
+// One image forward from its scores s[K, N]: in the scaling domain where the spread of z = s / eps allows it, in the
+// log domain otherwise. z[K, N] and work[K*N + K + N] are scratch.
+template <typename A>
+void sinkhorn_forward_image(const A* __restrict s, int64_t k, int64_t n, int64_t iters, A eps, A log_mu, A log_nu,
+                            A* __restrict z, A* __restrict work, A* __restrict u_hist, A* __restrict v_hist,
+                            A* __restrict plan) {
+  const auto [s_min, s_max] = min_max(s, k * n);
+  if ((s_max - s_min) / eps <= kScalingSpread<A>) {  // false for NaN or infinite scores
+    scaling_forward(s, k, n, iters, eps, s_max, log_mu, log_nu, z, work, u_hist, v_hist, plan);
+    return;
+  }
+  for (int64_t e = 0; e < k * n; ++e) z[e] = s[e] / eps;
+  log_forward(z, k, n, iters, log_mu, log_nu, work, u_hist, v_hist, plan);
 }
-TOKRED_VECTOR_CLONES void forward_image(const double* z, int64_t k, int64_t n, int64_t iters, double log_mu,
-                                        double log_nu, double* scratch, double* u, double* v, double* plan) {
-  sinkhorn_forward_image(z, k, n, iters, log_mu, log_nu, scratch, u, v, plan);
+
+TOKRED_VECTOR_CLONES void forward_image(const float* s, int64_t k, int64_t n, int64_t iters, float eps, float log_mu,
+                                        float log_nu, float* z, float* work, float* u, float* v, float* plan) {
+  sinkhorn_forward_image(s, k, n, iters, eps, log_mu, log_nu, z, work, u, v, plan);
+}
+TOKRED_VECTOR_CLONES void forward_image(const double* s, int64_t k, int64_t n, int64_t iters, double eps,
+                                        double log_mu, double log_nu, double* z, double* work, double* u, double* v,
+                                        double* plan) {
+  sinkhorn_forward_image(s, k, n, iters, eps, log_mu, log_nu, z, work, u, v, plan);
 }
 TOKRED_VECTOR_CLONES void backward_image(const float* z, int64_t k, int64_t n, int64_t iters, float log_mu,
                                          float log_nu, const float* u, const float* v, float* g, float* gu, float* gv) {
@@ -147,29 +252,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& sc
   check_sinkhorn_args(scores_in, eps, iters);
   const int64_t b = scores_in.size(0), k = scores_in.size(1), n = scores_in.size(2);
   const auto [log_mu, log_nu] = sinkhorn_log_marginals(k, n, marginals);
-  const auto scores = scores_in.contiguous();
-  const auto acc = scores.options().dtype(accumulation_type(scores.scalar_type()));
+  const auto acc = accumulation_type(scores_in.scalar_type());
+  const auto scores = scores_in.to(acc).contiguous();  // float16 and bfloat16 scores are exact in float
   auto plan = at::empty({b, k, n}, scores.options());
-  auto u = at::empty({b, iters, k}, acc);
-  auto v = at::empty({b, iters, n}, acc);
-  TOKRED_DISPATCH_FLOATING(scores.scalar_type(), "sinkhorn_cpu", [&] {
-    using A = acc_t<scalar_t>;
+  auto u = at::empty({b, iters, k}, scores.options());
+  auto v = at::empty({b, iters, n}, scores.options());
+  AT_DISPATCH_FLOATING_TYPES(acc, "sinkhorn_cpu", [&] {
     const auto* ss = scores.const_data_ptr<scalar_t>();
-    auto* us = u.mutable_data_ptr<A>();
-    auto* vs = v.mutable_data_ptr<A>();
+    auto* us = u.mutable_data_ptr<scalar_t>();
+    auto* vs = v.mutable_data_ptr<scalar_t>();
     auto* ps = plan.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, b, 4, [&](int64_t begin, int64_t end) {
-      std::vector<A> z(k * n), scratch(k * n + k + n), plan_acc(std::is_same_v<A, scalar_t> ? 0 : k * n);
-      for (int64_t i = begin; i < end; ++i) {
-        for (int64_t e = 0; e < k * n; ++e) z[e] = static_cast<A>(ss[i * k * n + e]) / static_cast<A>(eps);
-        A* out = plan_acc.empty() ? reinterpret_cast<A*>(ps + i * k * n) : plan_acc.data();
-        forward_image(z.data(), k, n, iters, log_mu, log_nu, scratch.data(), us + i * iters * k, vs + i * iters * n,
-                      out);
-        if (!plan_acc.empty()) std::copy(plan_acc.begin(), plan_acc.end(), ps + i * k * n);
-      }
+      std::vector<scalar_t> z(k * n), work(k * n + k + n);
+      for (int64_t i = begin; i < end; ++i)
+        forward_image(ss + i * k * n, k, n, iters, static_cast<scalar_t>(eps), log_mu, log_nu, z.data(), work.data(),
+                      us + i * iters * k, vs + i * iters * n, ps + i * k * n);
     });
   });
-  return {plan, u, v};
+  return {plan.to(scores_in.scalar_type()), u, v};
 }
 
 at::Tensor sinkhorn_backward_cpu(const at::Tensor& grad_plan, const at::Tensor& scores, const at::Tensor& u,
