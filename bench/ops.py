@@ -113,20 +113,31 @@ def cases(batch: int, device: torch.device, channels: tuple[int, ...], rates: tu
 
 
 def measure(
-    fn: Callable[..., object], args: tuple, device: torch.device, min_time: float = 0.3, max_reps: int = 50
-) -> float:
-    """Median wall time of ``fn(*args)`` in milliseconds, after a warm-up call."""
+    fns: dict[str, tuple[Callable[..., object], tuple]],
+    device: torch.device,
+    min_time: float = 1.0,
+    max_rounds: int = 50,
+) -> dict[str, float]:
+    """Median wall time in milliseconds of each ``fn(*args)``, after a warm-up call of each.
+
+    The calls take turns, one of each per round, so that a slower or busier stretch of a shared machine
+    weighs on every column of a row alike and their ratios hold.
+    """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn(*args)
-    sync()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t0 = time.perf_counter()
+    for fn, args in fns.values():
         fn(*args)
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    while len(times[next(iter(fns))]) < 3 or (
+        time.perf_counter() - start < min_time and len(times[next(iter(fns))]) < max_rounds
+    ):
+        for name, (fn, args) in fns.items():
+            t0 = time.perf_counter()
+            fn(*args)
+            sync()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def run(
@@ -142,19 +153,27 @@ def run(
     for batch in batches:
         for case in (c for c in cases(batch, device, channels, rates) if c.op in selected):
             floor = baselines.gram if case.floor == "gemm" else baselines.copy
-            compiled_ms = measure(compiled[case.op], case.args, device) if with_compile else None
+            fns = {
+                "kernel": (getattr(ops, case.op), case.args),
+                "batched": (getattr(baselines, case.op), case.batched_args),
+                "floor": (floor, case.floor_args),
+                "reference": (getattr(reference, case.op), case.args),
+            }
+            if with_compile:
+                fns["compiled"] = (compiled[case.op], case.args)
+            ms = measure(fns, device)
             row = Row(
                 case.op,
                 device.type,
                 batch,
                 case.channels,
                 case.clusters,
-                kernel_ms=measure(getattr(ops, case.op), case.args, device),
-                batched_ms=measure(getattr(baselines, case.op), case.batched_args, device),
+                kernel_ms=ms["kernel"],
+                batched_ms=ms["batched"],
                 floor=case.floor,
-                floor_ms=measure(floor, case.floor_args, device),
-                reference_ms=measure(getattr(reference, case.op), case.args, device),
-                compiled_ms=compiled_ms,
+                floor_ms=ms["floor"],
+                reference_ms=ms["reference"],
+                compiled_ms=ms.get("compiled"),
                 io_bytes=case.io_bytes,
             )
             log.info(

@@ -49,13 +49,6 @@ void cdf_rows(const T* __restrict scores, const uint8_t* __restrict mask, int64_
     }
 }
 
-TOKRED_VECTOR_CLONES void cdfs(const float* scores, const uint8_t* mask, int64_t size, int64_t n, double* rows) {
-  cdf_rows(scores, mask, size, n, rows);
-}
-TOKRED_VECTOR_CLONES void cdfs(const double* scores, const uint8_t* mask, int64_t size, int64_t n, double* rows) {
-  cdf_rows(scores, mask, size, n, rows);
-}
-
 // The sweep compares CDF values by their bit patterns, which order non-negative doubles as their values, in integer
 // instructions (a floating-point comparison branches on NaN too). A masked token's key, -inf's, is below every
 // quantile; the key one past the last token, +inf's, above.
@@ -63,9 +56,9 @@ constexpr int64_t kMaskedKey = std::bit_cast<int64_t>(-std::numeric_limits<doubl
 constexpr int64_t kEndKey = std::bit_cast<int64_t>(std::numeric_limits<double>::infinity());
 
 // One image's sample from its CDF cdf[N]: one sweep over the ascending quantiles q[K]. key[N + 1] is scratch.
-TOKRED_VECTOR_CLONES void sample(const double* __restrict cdf, const uint8_t* __restrict mask, int64_t n,
-                                 const double* __restrict q, int64_t k, bool nearest, int64_t* __restrict key,
-                                 int64_t* __restrict ids, bool* __restrict kept, int64_t* __restrict count) {
+void sample(const double* __restrict cdf, const uint8_t* __restrict mask, int64_t n, const double* __restrict q,
+            int64_t k, bool nearest, int64_t* __restrict key, int64_t* __restrict ids, bool* __restrict kept,
+            int64_t* __restrict count) {
   for (int64_t j = 0; j < n; ++j) key[j] = mask[j] ? std::bit_cast<int64_t>(cdf[j]) : kMaskedKey;
   key[n] = kEndKey;
   int64_t last_valid = n - 1;
@@ -129,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ats_sample_cpu(const at::Tensor& 
       std::vector<int64_t> key(n + 1);
       for (int64_t first = begin; first < end; first += kGroup) {
         const int64_t size = std::min(kGroup, end - first);
-        cdfs(s + first * n, m + first * n, size, n, rows.data());
+        cdf_rows(s + first * n, m + first * n, size, n, rows.data());
         for (int64_t i = first; i < first + size; ++i)
           sample(rows.data() + (i - first) * n, m + i * n, n, q.data(), k, nearest, key.data(), out_ids + i * k,
                  out_kept + i * k, out_counts + i);

@@ -115,9 +115,6 @@ inline float log_approx(float x) {
 }
 inline double log_approx(double x) { return std::log(x); }
 
-// Builds a function, with everything it calls inlined, for several instruction sets; the loader picks
-// the best one the CPU has.
-#define TOKRED_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 
 // The Euclidean distances of one image's tokens x[N, C] (row-major, contiguous), times scale:
 // at(i, j) for i, j < N; exactly symmetric, 0 on the diagonal and between equal tokens. Keeps its buffers

@@ -228,25 +228,6 @@ void sinkhorn_forward_image(const A* __restrict s, int64_t k, int64_t n, int64_t
   log_forward(z, k, n, iters, log_mu, log_nu, work, u_hist, v_hist, plan);
 }
 
-TOKRED_VECTOR_CLONES void forward_image(const float* s, int64_t k, int64_t n, int64_t iters, float eps, float log_mu,
-                                        float log_nu, float* z, float* work, float* u, float* v, float* plan) {
-  sinkhorn_forward_image(s, k, n, iters, eps, log_mu, log_nu, z, work, u, v, plan);
-}
-TOKRED_VECTOR_CLONES void forward_image(const double* s, int64_t k, int64_t n, int64_t iters, double eps,
-                                        double log_mu, double log_nu, double* z, double* work, double* u, double* v,
-                                        double* plan) {
-  sinkhorn_forward_image(s, k, n, iters, eps, log_mu, log_nu, z, work, u, v, plan);
-}
-TOKRED_VECTOR_CLONES void backward_image(const float* z, int64_t k, int64_t n, int64_t iters, float log_mu,
-                                         float log_nu, const float* u, const float* v, float* g, float* gu, float* gv) {
-  sinkhorn_backward_image(z, k, n, iters, log_mu, log_nu, u, v, g, gu, gv);
-}
-TOKRED_VECTOR_CLONES void backward_image(const double* z, int64_t k, int64_t n, int64_t iters, double log_mu,
-                                         double log_nu, const double* u, const double* v, double* g, double* gu,
-                                         double* gv) {
-  sinkhorn_backward_image(z, k, n, iters, log_mu, log_nu, u, v, g, gu, gv);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& scores_in, double eps, int64_t iters,
                                                             c10::string_view marginals) {
   check_sinkhorn_args(scores_in, eps, iters);
@@ -265,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& sc
     at::parallel_for(0, b, 4, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> z(k * n), work(k * n + k + n);
       for (int64_t i = begin; i < end; ++i)
-        forward_image(ss + i * k * n, k, n, iters, static_cast<scalar_t>(eps), log_mu, log_nu, z.data(), work.data(),
+        sinkhorn_forward_image<scalar_t>(ss + i * k * n, k, n, iters, static_cast<scalar_t>(eps), log_mu, log_nu, z.data(), work.data(),
                       us + i * iters * k, vs + i * iters * n, ps + i * k * n);
     });
   });
@@ -290,7 +271,7 @@ at::Tensor sinkhorn_backward_cpu(const at::Tensor& grad_plan, const at::Tensor& 
     at::parallel_for(0, b, 4, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> gu(k), gv(n);
       for (int64_t i = begin; i < end; ++i)
-        backward_image(zs + i * k * n, k, n, iters, log_mu, log_nu, us + i * iters * k, vs + i * iters * n,
+        sinkhorn_backward_image<scalar_t>(zs + i * k * n, k, n, iters, log_mu, log_nu, us + i * iters * k, vs + i * iters * n,
                        gs + i * k * n, gu.data(), gv.data());
     });
   });
