@@ -21,6 +21,7 @@ r = 0.25/0.5/0.7/0.9, B = 64 and 256. Prints one table per device and writes the
 import argparse
 import json
 import logging
+import math
 import platform
 import statistics
 import sys
@@ -116,27 +117,36 @@ def measure(
     fns: dict[str, tuple[Callable[..., object], tuple]],
     device: torch.device,
     min_time: float = 1.0,
-    max_rounds: int = 50,
+    burst: float = 0.02,
+    max_rounds: int = 30,
 ) -> dict[str, float]:
-    """Median wall time in milliseconds of each ``fn(*args)``, after a warm-up call of each.
+    """Median wall time in milliseconds of each ``fn(*args)``.
 
-    The calls take turns, one of each per round, so that a slower or busier stretch of a shared machine
-    weighs on every column of a row alike and their ratios hold.
+    The functions take turns, a burst of back-to-back calls of each (about ``burst`` seconds, at least one
+    call) per round, so that a slower or busier stretch of a shared machine weighs on every column of a row
+    alike and their ratios hold, while each call still runs warm, as it does when a model calls it again.
     """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for fn, args in fns.values():
-        fn(*args)
-    sync()
+
+    def timed(fn: Callable[..., object], args: tuple, calls: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn(*args)
+        sync()
+        return (time.perf_counter() - t0) / calls
+
+    calls = {}
+    for name, (fn, args) in fns.items():
+        fn(*args)  # warm-up
+        sync()
+        calls[name] = max(1, math.ceil(burst / timed(fn, args, 1)))
     times: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
-    while len(times[next(iter(fns))]) < 3 or (
-        time.perf_counter() - start < min_time and len(times[next(iter(fns))]) < max_rounds
-    ):
+    rounds = 0
+    while rounds < 3 or (time.perf_counter() - start < min_time and rounds < max_rounds):
         for name, (fn, args) in fns.items():
-            t0 = time.perf_counter()
-            fn(*args)
-            sync()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            times[name].append(timed(fn, args, calls[name]) * 1e3)
+        rounds += 1
     return {name: statistics.median(t) for name, t in times.items()}
 
 
