@@ -14,17 +14,20 @@ import argparse
 import copy
 import json
 import logging
-import statistics
-import time
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import timm
-import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-import tokred
+import timm  # noqa: E402
+import torch  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import tokred  # noqa: E402
+from bench.timing import measure  # noqa: E402
 
 log = logging.getLogger("bench.models")
 
@@ -53,29 +56,15 @@ def gflops(model: torch.nn.Module, images: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9 / len(images)
 
 
-def median_time(fn, device: torch.device, min_time: float, min_reps: int = 3) -> float:
-    """Median seconds per call after one warm-up call."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def inference_rate(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype, min_time: float) -> float:
+def inference(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype) -> tuple[Callable[[], None], tuple]:
+    """A call of one inference pass, in the form bench.timing.measure takes."""
     autocast = torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def run() -> None:
         with torch.inference_mode(), autocast:
             model(images)
 
-    return len(images) / median_time(run, images.device, min_time)
+    return run, ()
 
 
 def train_step_ms(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype) -> float:
@@ -91,9 +80,9 @@ def train_step_ms(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dty
         torch.nn.functional.cross_entropy(output.float(), target).backward()
         optimizer.step()
 
-    elapsed = median_time(step, images.device, min_time=0.0)
+    elapsed_ms = measure({"step": (step, ())}, images.device, min_time=0.0)["step"]
     model.eval()
-    return elapsed * 1e3
+    return elapsed_ms
 
 
 def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[Row]:
@@ -103,7 +92,8 @@ def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> l
     for name in args.models:
         torch.manual_seed(0)
         base = timm.create_model(name).to(device).eval()
-        base_row = Row(name, "none", 1.0, gflops(base, images[:2]), inference_rate(base, images, dtype, args.min_time))
+        base_ms = measure({"base": inference(base, images, dtype)}, device, args.min_time)["base"]
+        base_row = Row(name, "none", 1.0, gflops(base, images[:2]), len(images) / base_ms * 1e3)
         if args.train_step:
             base_row.train_step_ms = train_step_ms(base, train_images, dtype)
         log.info("%s unreduced: %.2f GFLOPs, %.1f img/s", name, base_row.gflops, base_row.images_per_s)
@@ -112,9 +102,20 @@ def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> l
             for rate in args.rates:
                 model = tokred.patch(copy.deepcopy(base), method, rate, tuple(args.loc)).eval()
                 flops = gflops(model, images[:2])
-                rate_ips = inference_rate(model, images, dtype, args.min_time)
+                # the unreduced model again, in turns with this one: the speed-up is a ratio of one run
+                ms = measure(
+                    {"base": inference(base, images, dtype), "reduced": inference(model, images, dtype)},
+                    device,
+                    args.min_time,
+                )
                 row = Row(
-                    name, method, rate, flops, rate_ips, flops / base_row.gflops, rate_ips / base_row.images_per_s
+                    name,
+                    method,
+                    rate,
+                    flops,
+                    len(images) / ms["reduced"] * 1e3,
+                    flops / base_row.gflops,
+                    ms["base"] / ms["reduced"],
                 )
                 if args.train_step and rate == args.rates[0]:
                     row.train_step_ms = train_step_ms(model, train_images, dtype)

@@ -21,12 +21,8 @@ r = 0.25/0.5/0.7/0.9, B = 64 and 256. Prints one table per device and writes the
 import argparse
 import json
 import logging
-import math
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 
 from bench import baselines  # noqa: E402
+from bench.timing import measure  # noqa: E402
 from tokred import ops, reference  # noqa: E402
 
 log = logging.getLogger("bench.ops")
@@ -111,43 +108,6 @@ def cases(batch: int, device: torch.device, channels: tuple[int, ...], rates: tu
             io = x.nbytes + scores.nbytes + labels
             out.append(Case("kmedoids", c, k, (x, scores, k), (x, scores, k), io, "gemm", gram))
     return out
-
-
-def measure(
-    fns: dict[str, tuple[Callable[..., object], tuple]],
-    device: torch.device,
-    min_time: float = 1.0,
-    burst: float = 0.02,
-    max_rounds: int = 30,
-) -> dict[str, float]:
-    """Median wall time in milliseconds of each ``fn(*args)``.
-
-    The functions take turns, a burst of back-to-back calls of each (about ``burst`` seconds, at least one
-    call) per round, so that a slower or busier stretch of a shared machine weighs on every column of a row
-    alike and their ratios hold, while each call still runs warm, as it does when a model calls it again.
-    """
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def timed(fn: Callable[..., object], args: tuple, calls: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn(*args)
-        sync()
-        return (time.perf_counter() - t0) / calls
-
-    calls = {}
-    for name, (fn, args) in fns.items():
-        fn(*args)  # warm-up
-        sync()
-        calls[name] = max(1, math.ceil(burst / timed(fn, args, 1)))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < 3 or (time.perf_counter() - start < min_time and rounds < max_rounds):
-        for name, (fn, args) in fns.items():
-            times[name].append(timed(fn, args, calls[name]) * 1e3)
-        rounds += 1
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def run(

@@ -23,6 +23,7 @@ SKIPPED = {
     "python bench/models.py --models deit_tiny_patch16_224 deit_small_patch16_224 deit_base_patch16_224 "
     "--rates 0.25 0.5 0.7 0.9 --batch 16 --train-step": "a benchmark: many minutes of CPU time",
     "python bench/models.py --device cuda --dtype bfloat16 --batch 256": "needs a GPU",
+    "python bench/models.py --batch 1": "a benchmark: a minute of CPU time",
 }
 
 
