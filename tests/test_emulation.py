@@ -32,6 +32,39 @@ def test_ats_sample(cpu_rng, dtype, rule):
         assert_equal(emulated.ats_sample(scores, mask, k, rule), cpu.ats_sample(scores, mask, k, rule))
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_ats_sample_signed_zeros_and_nans(cpu_rng, dtype):
+    """A score with its sign bit set has mass 0 (-0 and -NaN too, as x86 makes NaN), in every dtype."""
+    scores = torch.rand(6, 50, generator=cpu_rng, dtype=torch.float64).to(dtype)
+    scores[:, ::3] = -0.0
+    scores[:, 1::7] = float("nan")
+    bits = scores.view({8: torch.int64, 4: torch.int32, 2: torch.int16}[scores.element_size()])
+    bits[:, 1::7] |= torch.iinfo(bits.dtype).min  # the sign bit (bfloat16 makes every NaN +NaN)
+    assert torch.signbit(scores[:, ::3]).all() and torch.signbit(scores[:, 1::7]).all()
+    mask = torch.rand(6, 50, generator=cpu_rng) > 0.2
+    for rule in ("nearest", "inverse"):
+        assert_equal(emulated.ats_sample(scores, mask, 20, rule), cpu.ats_sample(scores, mask, 20, rule))
+
+
+def test_ats_sample_sums_in_the_cpu_order():
+    """The total of these masses in the CPU's order (16 interleaved partial sums) and in token order differ by an ulp,
+    and a CDF value falls between the two normalisations' on the first quantile, 1/12: the picks tell the orders
+    apart."""
+    masses = [(j * 0.7548776662466927) % 1.0 for j in range(36)] + [float.fromhex("0x1.69c2f6844c07fp+3")]
+    scores, mask = torch.tensor([masses], dtype=torch.float64), torch.ones(1, 37, dtype=torch.bool)
+    want = cpu.ats_sample(scores, mask, 5, "inverse")
+    assert_equal(emulated.ats_sample(scores, mask, 5, "inverse"), want)
+    total = 0.0
+    for m in masses:  # in token order
+        total += m
+    cdf, running = [], 0.0
+    for m in masses:
+        running += m / (total + 1e-6)
+        cdf.append(running)
+    first = next(j for j, c in enumerate(cdf) if c >= 1 / 12)
+    assert first != want[0][0, 0]
+
+
 def test_dpc_knn(cpu_rng):
     x = randn((5, 196, 32), torch.float64, torch.device("cpu"), cpu_rng)
     mask = torch.rand(5, 196, generator=cpu_rng) > 0.2

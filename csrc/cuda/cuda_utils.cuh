@@ -139,6 +139,25 @@ __device__ __forceinline__ void warp_argmin(T& value, int& index) {
   }
 }
 
+// The CPU kernels' lane_sum and lane_dot order (cpu/cpu_math.h): 16 partial sums, part[l] over the terms j = l (mod 16)
+// of the full blocks of 16 in order and part[0] then over the terms after them, added in order to a total from 0.
+// A half-warp computes sum_{j < n} term(j) so, its lane l holding part[l]; every lane of the half-warp gets the total.
+// Every lane of the warp must call it (its two halves sum independently).
+constexpr int kLaneSumWidth = 16;
+
+template <typename A, typename Term>
+__device__ A half_warp_lane_sum(int n, const Term& term) {
+  const int lane = threadIdx.x % kLaneSumWidth;
+  const int full = n - n % kLaneSumWidth;
+  A part = 0;
+  for (int j = lane; j < full; j += kLaneSumWidth) part += term(j);
+  if (lane == 0)
+    for (int j = full; j < n; ++j) part += term(j);
+  A total = 0;
+  for (int l = 0; l < kLaneSumWidth; ++l) total += __shfl_sync(kFullMask, part, l, kLaneSumWidth);
+  return total;
+}
+
 // Maximum over the block of kThreads; every thread gets it. `shared` holds kWarps values.
 template <typename T>
 __device__ T block_max(T v, T* shared) {
