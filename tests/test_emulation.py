@@ -3,6 +3,7 @@ against CUDA's definitions, its errors for faulty kernels, and the kernel swap o
 
 import pytest
 import torch
+from test_sinkhorn import scores_with_spreads
 
 from tokred.emulation import emulated_cuda_kernels
 
@@ -88,13 +89,42 @@ def test_kmedoids(cpu_rng, rule):
 
 @pytest.mark.parametrize("marginals", ["paper", "balanced"])
 def test_sinkhorn(cpu_rng, marginals):
-    """Plan and histories as the CPU's to rounding: the rows' sums run in another order (a warp's tree)."""
-    for dtype, tol in [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 1e-2)]:
+    """Plan and histories as the CPU's to rounding: the scaling domain in the CPU's order, where only the compilers'
+    choice of fused multiply-adds differs (and in float32 CUDA's exp and log, the CPU's polynomials)."""
+    for dtype, tol in [(torch.float64, 1e-13), (torch.float32, 1e-5), (torch.bfloat16, 1e-2)]:
         scores = randn((4, 49, 196), dtype, torch.device("cpu"), cpu_rng)
         got, want = emulated.sinkhorn(scores, 0.5, 4, marginals), cpu.sinkhorn(scores, 0.5, 4, marginals)
         for g, w in zip(got, want, strict=True):
             assert g.dtype == w.dtype
             torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("marginals", ["paper", "balanced"])
+def test_sinkhorn_scaling_and_log_domain_images_in_one_batch(cpu_rng, dtype, marginals):
+    """Every image takes the CPU's domain, by the spread of z = scores / eps (the scaling domain up to 40 in float32,
+    300 in float64). z near 1e3 (float32) or 1e6 (float64) tells the domains apart: the log domain carries the rounding
+    of z, ulp(z), into the plan and the histories, the scaling domain does not. So the scaling images, the same
+    algorithm summed in the same order, agree to 16 ulps in the plan and a fraction of ulp(z) in the histories; the log
+    images, where the CPU's and the CUDA kernel's log-domain algorithms differ, to a few ulp(z) in the plan and tens
+    of ulp(z) in the histories."""
+    if dtype == torch.float32:
+        spreads, offset, limit = [0.5, 5.0, 39.0, 41.0, 120.0], 1e3, 40.0
+    else:
+        spreads, offset, limit = [0.5, 30.0, 290.0, 310.0, 1000.0], 1e6, 300.0
+    ulp = torch.finfo(dtype).eps
+    for eps, iters in [(1.0, 3), (0.05, 20)]:
+        spread_scores = scores_with_spreads(spreads, 24, 61, eps, torch.float64, torch.device("cpu"), cpu_rng)
+        scores = (offset * eps + spread_scores).to(dtype)
+        plan, u, v = emulated.sinkhorn(scores, eps, iters, marginals)
+        want_plan, want_u, want_v = cpu.sinkhorn(scores, eps, iters, marginals)
+        for i, spread in enumerate(spreads):
+            z_ulp = ulp * (offset + spread)  # |z| <= offset + spread
+            plan_tol, history_tol = (16 * ulp, 4 * z_ulp) if spread <= limit else (4 * z_ulp, 64 * z_ulp)
+            msg = f"spread {spread}, eps {eps}"
+            torch.testing.assert_close(plan[i], want_plan[i], rtol=plan_tol, atol=plan_tol, msg=msg)
+            torch.testing.assert_close(u[i], want_u[i], rtol=0, atol=history_tol, msg=msg)
+            torch.testing.assert_close(v[i], want_v[i], rtol=0, atol=history_tol, msg=msg)
 
 
 @pytest.mark.parametrize("marginals", ["paper", "balanced"])
