@@ -3,6 +3,7 @@ against CUDA's definitions, its errors for faulty kernels, and the kernel swap o
 
 import pytest
 import torch
+from test_sinkhorn import scores_with_spreads
 
 from tokred.emulation import emulated_cuda_kernels
 
@@ -32,6 +33,39 @@ def test_ats_sample(cpu_rng, dtype, rule):
         assert_equal(emulated.ats_sample(scores, mask, k, rule), cpu.ats_sample(scores, mask, k, rule))
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_ats_sample_signed_zeros_and_nans(cpu_rng, dtype):
+    """A score with its sign bit set has mass 0 (-0 and -NaN too, as x86 makes NaN), in every dtype."""
+    scores = torch.rand(6, 50, generator=cpu_rng, dtype=torch.float64).to(dtype)
+    scores[:, ::3] = -0.0
+    scores[:, 1::7] = float("nan")
+    bits = scores.view({8: torch.int64, 4: torch.int32, 2: torch.int16}[scores.element_size()])
+    bits[:, 1::7] |= torch.iinfo(bits.dtype).min  # the sign bit (bfloat16 makes every NaN +NaN)
+    assert torch.signbit(scores[:, ::3]).all() and torch.signbit(scores[:, 1::7]).all()
+    mask = torch.rand(6, 50, generator=cpu_rng) > 0.2
+    for rule in ("nearest", "inverse"):
+        assert_equal(emulated.ats_sample(scores, mask, 20, rule), cpu.ats_sample(scores, mask, 20, rule))
+
+
+def test_ats_sample_sums_in_the_cpu_order():
+    """The total of these masses in the CPU's order (16 interleaved partial sums) and in token order differ by an ulp,
+    and a CDF value falls between the two normalisations' on the first quantile, 1/12: the picks tell the orders
+    apart."""
+    masses = [(j * 0.7548776662466927) % 1.0 for j in range(36)] + [float.fromhex("0x1.69c2f6844c07fp+3")]
+    scores, mask = torch.tensor([masses], dtype=torch.float64), torch.ones(1, 37, dtype=torch.bool)
+    want = cpu.ats_sample(scores, mask, 5, "inverse")
+    assert_equal(emulated.ats_sample(scores, mask, 5, "inverse"), want)
+    total = 0.0
+    for m in masses:  # in token order
+        total += m
+    cdf, running = [], 0.0
+    for m in masses:
+        running += m / (total + 1e-6)
+        cdf.append(running)
+    first = next(j for j, c in enumerate(cdf) if c >= 1 / 12)
+    assert first != want[0][0, 0]
+
+
 def test_dpc_knn(cpu_rng):
     x = randn((5, 196, 32), torch.float64, torch.device("cpu"), cpu_rng)
     mask = torch.rand(5, 196, generator=cpu_rng) > 0.2
@@ -55,13 +89,42 @@ def test_kmedoids(cpu_rng, rule):
 
 @pytest.mark.parametrize("marginals", ["paper", "balanced"])
 def test_sinkhorn(cpu_rng, marginals):
-    """Plan and histories as the CPU's to rounding: the rows' sums run in another order (a warp's tree)."""
-    for dtype, tol in [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 1e-2)]:
+    """Plan and histories as the CPU's to rounding: the scaling domain in the CPU's order, where only the compilers'
+    choice of fused multiply-adds differs (and in float32 CUDA's exp and log, the CPU's polynomials)."""
+    for dtype, tol in [(torch.float64, 1e-13), (torch.float32, 1e-5), (torch.bfloat16, 1e-2)]:
         scores = randn((4, 49, 196), dtype, torch.device("cpu"), cpu_rng)
         got, want = emulated.sinkhorn(scores, 0.5, 4, marginals), cpu.sinkhorn(scores, 0.5, 4, marginals)
         for g, w in zip(got, want, strict=True):
             assert g.dtype == w.dtype
             torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("marginals", ["paper", "balanced"])
+def test_sinkhorn_scaling_and_log_domain_images_in_one_batch(cpu_rng, dtype, marginals):
+    """Every image takes the CPU's domain, by the spread of z = scores / eps (the scaling domain up to 40 in float32,
+    300 in float64). z near 1e3 (float32) or 1e6 (float64) tells the domains apart: the log domain carries the rounding
+    of z, ulp(z), into the plan and the histories, the scaling domain does not. So the scaling images, the same
+    algorithm summed in the same order, agree to 16 ulps in the plan and a fraction of ulp(z) in the histories; the log
+    images, where the CPU's and the CUDA kernel's log-domain algorithms differ, to a few ulp(z) in the plan and tens
+    of ulp(z) in the histories."""
+    if dtype == torch.float32:
+        spreads, offset, limit = [0.5, 5.0, 39.0, 41.0, 120.0], 1e3, 40.0
+    else:
+        spreads, offset, limit = [0.5, 30.0, 290.0, 310.0, 1000.0], 1e6, 300.0
+    ulp = torch.finfo(dtype).eps
+    for eps, iters in [(1.0, 3), (0.05, 20)]:
+        spread_scores = scores_with_spreads(spreads, 24, 61, eps, torch.float64, torch.device("cpu"), cpu_rng)
+        scores = (offset * eps + spread_scores).to(dtype)
+        plan, u, v = emulated.sinkhorn(scores, eps, iters, marginals)
+        want_plan, want_u, want_v = cpu.sinkhorn(scores, eps, iters, marginals)
+        for i, spread in enumerate(spreads):
+            z_ulp = ulp * (offset + spread)  # |z| <= offset + spread
+            plan_tol, history_tol = (16 * ulp, 4 * z_ulp) if spread <= limit else (4 * z_ulp, 64 * z_ulp)
+            msg = f"spread {spread}, eps {eps}"
+            torch.testing.assert_close(plan[i], want_plan[i], rtol=plan_tol, atol=plan_tol, msg=msg)
+            torch.testing.assert_close(u[i], want_u[i], rtol=0, atol=history_tol, msg=msg)
+            torch.testing.assert_close(v[i], want_v[i], rtol=0, atol=history_tol, msg=msg)
 
 
 @pytest.mark.parametrize("marginals", ["paper", "balanced"])

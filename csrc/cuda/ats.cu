@@ -36,6 +36,10 @@ __device__ int pick(double q, const double* cdf, const int* token, int m, bool n
   return token[first_at_least(cdf, lo, cdf[lo])];
 }
 
+// Whether x's sign bit is set: such a score (-0 and -NaN too) has mass 0, as on the CPU.
+__device__ __forceinline__ bool sign_bit(float x) { return copysignf(1.0f, x) < 0.0f; }
+__device__ __forceinline__ bool sign_bit(double x) { return copysign(1.0, x) < 0.0; }
+
 __device__ double quantile(int i, int k) { return (2.0 * i + 1.0) / (2.0 * (static_cast<double>(k) + 1.0)); }
 
 // One block per image: scores[B, N], mask[B, N] -> ids[B, K], kept[B, K], counts[B].
@@ -56,26 +60,27 @@ __global__ __launch_bounds__(kThreads) void ats_kernel(const scalar_t* __restric
   int* token = cursor.take<int>(n);
 
   for (int j = threadIdx.x; j < n; j += blockDim.x) {
-    const double mass = static_cast<double>(s[j]);
-    cdf[j] = mass < 0.0 ? 0.0 : mass;  // std::max(mass, 0.0), NaN included
+    const acc_t<scalar_t> score = static_cast<acc_t<scalar_t>>(s[j]);  // as the CPU tests it: float16 through float
+    cdf[j] = valid[j] && !sign_bit(score) ? static_cast<double>(score) : 0.0;
     token[j] = valid[j];
   }
   __syncthreads();
-  // One thread sums in the CPU kernel's order, so the CDF (and the picks at exact ties) match it bit for bit.
-  // The valid tokens are compacted in place: position m <= j is written after j is read.
-  if (threadIdx.x == 0) {
-    double total = 0;
-    for (int j = 0; j < n; ++j) total += token[j] ? cdf[j] : 0.0;
-    const double norm = total + 1e-6;
-    double running = 0;
-    int m = 0;
-    for (int j = 0; j < n; ++j) {
-      if (!token[j]) continue;
-      running += cdf[j] / norm;
-      cdf[m] = running;
-      token[m++] = j;
+  // The total and the CDF in the CPU kernel's order (the total lane_sum's, by a half-warp; the CDF in token order by
+  // one thread), so the CDF (and the picks at exact ties) match it bit for bit. The valid tokens are compacted in
+  // place: position m <= j is written after j is read.
+  if (threadIdx.x < kWarpSize) {
+    const double norm = half_warp_lane_sum<double>(n, [&](int j) { return cdf[j]; }) + 1e-6;
+    if (threadIdx.x == 0) {
+      double running = 0;
+      int m = 0;
+      for (int j = 0; j < n; ++j) {
+        if (!token[j]) continue;
+        running += cdf[j] / norm;
+        cdf[m] = running;
+        token[m++] = j;
+      }
+      valid_count = m;
     }
-    valid_count = m;
   }
   __syncthreads();
   const int m = valid_count;

@@ -53,6 +53,11 @@ __device__ __forceinline__ float exp_acc(float x) { return expf(x); }
 __device__ __forceinline__ double exp_acc(double x) { return exp(x); }
 __device__ __forceinline__ float log_acc(float x) { return logf(x); }
 __device__ __forceinline__ double log_acc(double x) { return log(x); }
+// x = m 2^e with m in [1/2, 1); and x 2^e.
+__device__ __forceinline__ float frexp_acc(float x, int* e) { return frexpf(x, e); }
+__device__ __forceinline__ double frexp_acc(double x, int* e) { return frexp(x, e); }
+__device__ __forceinline__ float ldexp_acc(float x, int e) { return ldexpf(x, e); }
+__device__ __forceinline__ double ldexp_acc(double x, int e) { return ldexp(x, e); }
 
 // ------------------------------------------------------------------------------------------- scratch
 
@@ -66,31 +71,36 @@ __host__ __device__ constexpr int64_t aligned_bytes(int64_t count) {
 struct ScratchRef {
   unsigned char* global;  // nullptr: dynamic shared memory
   int64_t bytes;          // per image
+  int64_t shared_offset;  // where it starts in dynamic shared memory
 
   // This block's (image's) scratch.
   __device__ unsigned char* base() const {
     TOKRED_DYNAMIC_SHARED(tokred_dynamic_smem);
-    return global ? global + static_cast<int64_t>(blockIdx.x) * bytes : tokred_dynamic_smem;
+    return global ? global + static_cast<int64_t>(blockIdx.x) * bytes : tokred_dynamic_smem + shared_offset;
   }
 };
 
 // Per-image scratch of `bytes`: dynamic shared memory when it fits in kSharedLimit, else a slice of a global
-// workspace. The workspace may be released once the kernel is queued: the caching allocator hands the memory out
-// again only to work queued after it on the same stream.
+// workspace. A second scratch of the same launch passes the first one's shared_bytes() as `shared_before`: it goes
+// after it in shared memory when both fit, else to a workspace, and the launch takes the sum of their shared_bytes().
+// The workspace may be released once the kernel is queued: the caching allocator hands the memory out again only to
+// work queued after it on the same stream.
 class Scratch {
  public:
   static constexpr int64_t kSharedLimit = 40 * 1024;  // under the 48 KiB default, beside static shared memory
 
-  Scratch(int64_t bytes_per_image, int64_t images, const at::Tensor& like) : bytes_(bytes_per_image) {
-    if (bytes_ > kSharedLimit) workspace_ = at::empty({images * bytes_}, like.options().dtype(at::kByte));
+  Scratch(int64_t bytes_per_image, int64_t images, const at::Tensor& like, size_t shared_before = 0)
+      : bytes_(bytes_per_image), offset_(static_cast<int64_t>(shared_before)) {
+    if (offset_ + bytes_ > kSharedLimit) workspace_ = at::empty({images * bytes_}, like.options().dtype(at::kByte));
   }
   size_t shared_bytes() const { return workspace_.defined() ? 0 : static_cast<size_t>(bytes_); }
   ScratchRef ref() const {
-    return {workspace_.defined() ? workspace_.mutable_data_ptr<uint8_t>() : nullptr, bytes_};
+    return {workspace_.defined() ? workspace_.mutable_data_ptr<uint8_t>() : nullptr, bytes_, offset_};
   }
 
  private:
   int64_t bytes_;
+  int64_t offset_;
   at::Tensor workspace_;
 };
 
@@ -137,6 +147,25 @@ __device__ __forceinline__ void warp_argmin(T& value, int& index) {
       index = other_index;
     }
   }
+}
+
+// The CPU kernels' lane_sum and lane_dot order (cpu/cpu_math.h): 16 partial sums, part[l] over the terms j = l (mod 16)
+// of the full blocks of 16 in order and part[0] then over the terms after them, added in order to a total from 0.
+// A half-warp computes sum_{j < n} term(j) so, its lane l holding part[l]; every lane of the half-warp gets the total.
+// Every lane of the warp must call it (its two halves sum independently).
+constexpr int kLaneSumWidth = 16;
+
+template <typename A, typename Term>
+__device__ A half_warp_lane_sum(int n, const Term& term) {
+  const int lane = threadIdx.x % kLaneSumWidth;
+  const int full = n - n % kLaneSumWidth;
+  A part = 0;
+  for (int j = lane; j < full; j += kLaneSumWidth) part += term(j);
+  if (lane == 0)
+    for (int j = full; j < n; ++j) part += term(j);
+  A total = 0;
+  for (int l = 0; l < kLaneSumWidth; ++l) total += __shfl_sync(kFullMask, part, l, kLaneSumWidth);
+  return total;
 }
 
 // Maximum over the block of kThreads; every thread gets it. `shared` holds kWarps values.

@@ -1,10 +1,13 @@
-// Log-domain Sinkhorn on CUDA, forward and backward (reference: tokred/reference/sinkhorn.py, CPU twin:
-// cpu/sinkhorn.cpp).
+// Sinkhorn on CUDA, forward and backward (reference: tokred/reference/sinkhorn.py, CPU twin: cpu/sinkhorn.cpp): the
+// forward per image in the scaling domain where the spread of its scores allows it, in the log domain otherwise; the
+// backward in the log domain.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <numbers>
 
 #include "../common.h"
 #include "cuda_utils.cuh"
@@ -49,27 +52,69 @@ __device__ void column_lse(const Logits<scalar_t, A>& z, int k, int j, const A* 
   for (int r = 0; r < k; ++r) s += exp_acc(z(r, j) + shift[r] - m);
 }
 
-// One block per image: scores[B, K, N] -> plan[B, K, N], u_hist[B, T, K], v_hist[B, T, N] (T >= 1).
-// Per iteration: u_r = log mu - LSE_j(z_rj + v_j) with one warp per row, then v_j = log nu - LSE_r(z_rj + u_r)
-// with one thread per column. The plan exp(z + u + v) / nu is the last column update's softmax over r of
-// z_rj + u_r, written as such so that its columns sum to 1 to rounding even where z is huge (eps -> 0).
-// Scratch: u[K], v[N] (A). O(T K N).
-template <typename scalar_t, typename A>
-__global__ __launch_bounds__(kThreads) void sinkhorn_kernel(const scalar_t* __restrict__ scores, int k, int n,
-                                                            int iters, A eps, A log_mu, A log_nu, ScratchRef scratch,
-                                                            scalar_t* __restrict__ plan, A* __restrict__ u_hist,
-                                                            A* __restrict__ v_hist) {
-  const int64_t image = blockIdx.x;
-  const int64_t kn = static_cast<int64_t>(k) * n;
-  const Logits<scalar_t, A> z{scores + image * kn, n, eps};
-  ScratchCursor cursor(scratch.base());
-  A* u = cursor.take<A>(k);
-  A* v = cursor.take<A>(n);
-  A* us = u_hist + image * iters * k;
-  A* vs = v_hist + image * iters * n;
-  scalar_t* p = plan + image * kn;
-  const int warp = threadIdx.x / kWarpSize;
+// The largest spread D = max z - min z of an image's z = scores / eps for which its forward runs in the scaling domain:
+// the CPU's kScalingSpread (cpu/sinkhorn.cpp, which says why), so that every image takes the CPU's path.
+template <typename A>
+constexpr A kScalingSpread = sizeof(A) == sizeof(float) ? A(40) : A(300);
 
+// One image in the scaling domain, the CPU's scaling_forward, from its scores s[K, N] and its largest score s_max:
+// E = exp(z - max z) once, b = 1, beta = 0; per iteration a_k = mu / (E b)_k (two rows per warp, each summed by a
+// half-warp in the CPU's lane order), u_k = log mu - max z - beta - log (E b)_k, then c_j = (E^T a)_j (one thread
+// per column, summed over the rows in order), v_j = log nu + beta - log c_j, b_j = nu / c_j, and b rescaled by the
+// power of 2 that brings its maximum into [1/2, 1), beta += that exponent times log 2. The plan is E_kj a_k / c_j
+// with the last iteration's a and c. E[K, N], a[K], b[N] are scratch; `reduce` holds kWarps values.
+template <typename scalar_t, typename A>
+__device__ void scaling_forward(const scalar_t* s, int k, int n, int iters, A eps, A s_max, A log_mu, A log_nu, A* E,
+                                A* a, A* b, A* reduce, A* us, A* vs, scalar_t* p) {
+  const A inv_eps = A(1) / eps, shift = s_max / eps;
+  for (int e = threadIdx.x; e < k * n; e += blockDim.x) E[e] = exp_acc(static_cast<A>(s[e]) * inv_eps - shift);
+  for (int j = threadIdx.x; j < n; j += blockDim.x) b[j] = 1;
+  const A mu = exp_acc(log_mu), nu = exp_acc(log_nu);
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  A beta = 0;
+  __syncthreads();
+  for (int t = 0; t < iters; ++t) {
+    for (int first = 2 * warp; first < k; first += 2 * kWarps) {
+      const int r = first + lane / kLaneSumWidth;
+      const A* row = E + (r < k ? r : first) * n;  // a half-warp past the last row sums one again, unused
+      const A sum = half_warp_lane_sum<A>(n, [&](int j) { return row[j] * b[j]; });
+      if (lane % kLaneSumWidth == 0 && r < k) {
+        us[t * k + r] = log_mu - shift - beta - log_acc(sum);
+        a[r] = mu / sum;
+      }
+    }
+    __syncthreads();
+    const bool last = t + 1 == iters;
+    A b_max = 0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+      A c = 0;
+      for (int r = 0; r < k; ++r) c += E[r * n + j] * a[r];
+      vs[t * n + j] = log_nu + beta - log_acc(c);
+      b[j] = nu / c;
+      b_max = b[j] > b_max ? b[j] : b_max;
+      if (last) {
+        const A inv_c = A(1) / c;
+        for (int r = 0; r < k; ++r) p[r * n + j] = static_cast<scalar_t>(E[r * n + j] * a[r] * inv_c);
+      }
+    }
+    if (last) break;
+    int exponent;
+    frexp_acc(block_max(b_max, reduce), &exponent);
+    const A scale = ldexp_acc(A(1), -exponent);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) b[j] *= scale;
+    beta += static_cast<A>(exponent) * std::numbers::ln2_v<A>;
+    __syncthreads();
+  }
+}
+
+// One image in the log domain: per iteration u_r = log mu - LSE_j(z_rj + v_j) with one warp per row, then
+// v_j = log nu - LSE_r(z_rj + u_r) with one thread per column. The plan exp(z + u + v) / nu is the last column
+// update's softmax over r of z_rj + u_r, written as such so that its columns sum to 1 to rounding even where z is
+// huge (eps -> 0). u[K], v[N] are scratch.
+template <typename scalar_t, typename A>
+__device__ void log_forward(const Logits<scalar_t, A>& z, int k, int iters, A log_mu, A log_nu, A* u, A* v, A* us,
+                            A* vs, scalar_t* p) {
+  const int n = z.n, warp = threadIdx.x / kWarpSize;
   for (int r = threadIdx.x; r < k; r += blockDim.x) u[r] = 0;
   for (int j = threadIdx.x; j < n; j += blockDim.x) v[j] = 0;
   __syncthreads();
@@ -88,6 +133,41 @@ __global__ __launch_bounds__(kThreads) void sinkhorn_kernel(const scalar_t* __re
     }
     __syncthreads();
   }
+}
+
+// One block per image: scores[B, K, N] -> plan[B, K, N], u_hist[B, T, K], v_hist[B, T, N] (T >= 1), each image in
+// the scaling domain where its spread (max s - min s) / eps is at most kScalingSpread, else (also for an infinite
+// spread) in the log domain: the CPU's decision, from the same minimum and maximum (NaN scores skipped, as there).
+// Scratch: vectors a[K], b[N] (the log domain's u, v) and matrix E[K, N] (A), each in shared memory where it fits.
+// O(T K N).
+template <typename scalar_t, typename A>
+__global__ __launch_bounds__(kThreads) void sinkhorn_kernel(const scalar_t* __restrict__ scores, int k, int n,
+                                                            int iters, A eps, A log_mu, A log_nu, ScratchRef vectors,
+                                                            ScratchRef matrix, scalar_t* __restrict__ plan,
+                                                            A* __restrict__ u_hist, A* __restrict__ v_hist) {
+  __shared__ A reduce[kWarps];
+  const int64_t image = blockIdx.x;
+  const int64_t kn = static_cast<int64_t>(k) * n;
+  const scalar_t* s = scores + image * kn;
+  ScratchCursor cursor(vectors.base());
+  A* a = cursor.take<A>(k);
+  A* b = cursor.take<A>(n);
+  A* us = u_hist + image * iters * k;
+  A* vs = v_hist + image * iters * n;
+  scalar_t* p = plan + image * kn;
+
+  A lo = infinity<A>(), hi = -infinity<A>();
+  for (int e = threadIdx.x; e < k * n; e += blockDim.x) {
+    const A x = static_cast<A>(s[e]);
+    lo = x < lo ? x : lo;
+    hi = x > hi ? x : hi;
+  }
+  const A s_max = block_max(hi, reduce), s_min = -block_max(-lo, reduce);
+  if ((s_max - s_min) / eps <= kScalingSpread<A>)
+    scaling_forward(s, k, n, iters, eps, s_max, log_mu, log_nu, ScratchCursor(matrix.base()).take<A>(kn), a, b, reduce,
+                    us, vs, p);
+  else
+    log_forward(Logits<scalar_t, A>{s, n, eps}, k, iters, log_mu, log_nu, a, b, us, vs, p);
 }
 
 // One block per image, the CPU's sinkhorn_backward_image (T >= 1): grad[B, K, N] (dL/dplan, in A) -> out[B, K, N] =
@@ -188,10 +268,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& s
   if (b == 0) return {plan, u, v};
   TOKRED_DISPATCH_FLOATING(scores.scalar_type(), "sinkhorn_cuda", [&] {
     using A = acc_t<scalar_t>;
-    const Scratch scratch(aligned_bytes<A>(k) + aligned_bytes<A>(n), b, scores);
-    TOKRED_LAUNCH(static_cast<unsigned>(b), kThreads, scratch.shared_bytes(), sinkhorn_kernel<scalar_t, A>)(
+    const Scratch vectors(aligned_bytes<A>(k) + aligned_bytes<A>(n), b, scores);
+    const Scratch matrix(aligned_bytes<A>(k * n), b, scores, vectors.shared_bytes());
+    TOKRED_LAUNCH(static_cast<unsigned>(b), kThreads, vectors.shared_bytes() + matrix.shared_bytes(),
+                  sinkhorn_kernel<scalar_t, A>)(
         scores.const_data_ptr<scalar_t>(), static_cast<int>(k), static_cast<int>(n), static_cast<int>(iters),
-        static_cast<A>(eps), static_cast<A>(log_mu), static_cast<A>(log_nu), scratch.ref(),
+        static_cast<A>(eps), static_cast<A>(log_mu), static_cast<A>(log_nu), vectors.ref(), matrix.ref(),
         plan.mutable_data_ptr<scalar_t>(), u.mutable_data_ptr<A>(), v.mutable_data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
