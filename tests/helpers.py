@@ -25,6 +25,16 @@ def vit_like_tokens(
     return (common + groups.gather(1, member[..., None].expand(-1, -1, c)) + jitter).to(dtype)
 
 
+def scores_with_spreads(
+    spreads: list[float], k: int, n: int, eps: float, dtype: torch.dtype, device: torch.device, rng: torch.Generator
+) -> Tensor:
+    """[len(spreads), k, n] scores whose image i has z = scores / eps spread over exactly spreads[i] (centred on 0)."""
+    x = randn((len(spreads), k, n), torch.float64, device, rng)
+    low, high = x.amin((1, 2), keepdim=True), x.amax((1, 2), keepdim=True)
+    spread = torch.tensor(spreads, dtype=torch.float64, device=device)[:, None, None]
+    return ((x - low) / (high - low) - 0.5).mul(spread * eps).to(dtype)
+
+
 def non_contiguous(t: Tensor) -> Tensor:
     """The same values in a tensor whose last dimension is strided."""
     wide = torch.stack([t, torch.zeros_like(t)], dim=-1)

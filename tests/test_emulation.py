@@ -3,11 +3,10 @@ against CUDA's definitions, its errors for faulty kernels, and the kernel swap o
 
 import pytest
 import torch
-from test_sinkhorn import scores_with_spreads
 
 from tokred.emulation import emulated_cuda_kernels
 
-from helpers import FLOAT_DTYPES, assert_same_clustering, randn
+from helpers import FLOAT_DTYPES, assert_same_clustering, randn, scores_with_spreads
 
 pytestmark = pytest.mark.cuda_emulation
 

@@ -5,7 +5,7 @@ import torch
 
 from tokred import ops, reference
 
-from helpers import FLOAT_DTYPES, non_contiguous, randn
+from helpers import FLOAT_DTYPES, non_contiguous, randn, scores_with_spreads
 
 TOLERANCE = {  # (rtol, atol) against the reference computed in the same accumulation type
     torch.float64: (1e-10, 1e-12),
@@ -206,14 +206,6 @@ def test_log_domain_stability(device, rng, dtype, eps, scale, offset):
 # Spreads max z - min z on both sides of where the kernels switch from the scaling domain to the log domain
 # (40 in float32, 300 in float64), and far from them.
 SPREADS = [0.5, 5.0, 30.0, 39.0, 41.0, 120.0, 290.0, 310.0, 1000.0]
-
-
-def scores_with_spreads(spreads: list[float], k: int, n: int, eps: float, dtype, device, rng) -> torch.Tensor:
-    """[len(spreads), k, n] scores whose image i has z = scores / eps spread over exactly spreads[i] (centred on 0)."""
-    x = randn((len(spreads), k, n), torch.float64, device, rng)
-    low, high = x.amin((1, 2), keepdim=True), x.amax((1, 2), keepdim=True)
-    spread = torch.tensor(spreads, dtype=torch.float64, device=device)[:, None, None]
-    return ((x - low) / (high - low) - 0.5).mul(spread * eps).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
