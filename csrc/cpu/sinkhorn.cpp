@@ -26,20 +26,18 @@ namespace {
 template <typename A>
 constexpr A kScalingSpread = std::is_same_v<A, float> ? A(40) : A(300);
 
-// The smallest and largest of p[0, n).
+// The smallest and largest of p[0, n), NaN skipped.
 template <typename A>
 std::pair<A, A> min_max(const A* __restrict p, int64_t n) {
-  using Lanes [[gnu::vector_size(64)]] = A;  // GCC does not vectorise scalar min and max reductions by itself
-  constexpr int64_t lanes = sizeof(Lanes) / sizeof(A);
-  Lanes lo, hi;
+  constexpr int64_t lanes = kLanes<A>;  // GCC does not vectorise scalar min and max reductions by itself
+  Lanes<A> lo, hi;
   for (int64_t l = 0; l < lanes; ++l) {
     lo[l] = std::numeric_limits<A>::infinity();
     hi[l] = -std::numeric_limits<A>::infinity();
   }
   int64_t j = 0;
   for (; j + lanes <= n; j += lanes) {
-    Lanes x;
-    std::memcpy(&x, p + j, sizeof(Lanes));
+    const Lanes<A> x = load_lanes(p + j);
     lo = x < lo ? x : lo;
     hi = x > hi ? x : hi;
   }
@@ -220,7 +218,7 @@ void sinkhorn_forward_image(const A* __restrict s, int64_t k, int64_t n, int64_t
                             A* __restrict z, A* __restrict work, A* __restrict u_hist, A* __restrict v_hist,
                             A* __restrict plan) {
   const auto [s_min, s_max] = min_max(s, k * n);
-  if ((s_max - s_min) / eps <= kScalingSpread<A>) {  // false for NaN or infinite scores
+  if ((s_max - s_min) / eps <= kScalingSpread<A>) {  // false for infinite scores (NaN ones give NaN either way)
     scaling_forward(s, k, n, iters, eps, s_max, log_mu, log_nu, z, work, u_hist, v_hist, plan);
     return;
   }
