@@ -67,8 +67,7 @@ inline A lane_max(const A* __restrict p, int64_t n) {
   for (int64_t l = 0; l < lanes; ++l) part[l] = -std::numeric_limits<A>::infinity();
   int64_t j = 0;
   for (; j + lanes <= n; j += lanes) {
-    Lanes<A> x;
-    std::memcpy(&x, p + j, sizeof(x));
+    const Lanes<A> x = load_lanes(p + j);
     part = x > part ? x : part;
   }
   A best = part[0];
@@ -117,7 +116,7 @@ inline double log_approx(double x) { return std::log(x); }
 
 
 // The Euclidean distances of one image's tokens x[N, C] (row-major, contiguous), times scale:
-// at(i, j) for i, j < N; exactly symmetric, 0 on the diagonal and between equal tokens. Keeps its buffers
+// row(i)[j] for i, j < N; exactly symmetric, 0 on the diagonal and between equal tokens. Keeps its buffers
 // from one image to the next. Defined in pairwise.cpp for float and double.
 template <typename T>
 struct Distances {
@@ -129,7 +128,6 @@ struct Distances {
 
   void compute(const T* x, int64_t n, int64_t c, T scale);
   const T* row(int64_t i) const { return dist.data() + i * stride; }
-  T at(int64_t i, int64_t j) const { return dist[i * stride + j]; }
 };
 
 // assignment[i] = the q < K whose token centres[q] is nearest token i < N (the lowest q on ties), one centre's
@@ -160,17 +158,9 @@ void top_k_by_rank(T* key, int64_t n, int64_t k, int64_t* out) {
     const T own = key[i];
     Lanes<LaneIndex<T>> before = {};  // minus the count of entries before own, per lane (a true compare is -1)
     int64_t j = 0, rank = 0;
-    for (; j + lanes <= i; j += lanes) {
-      Lanes<T> v;
-      std::memcpy(&v, key + j, sizeof(v));
-      before += v >= own;
-    }
+    for (; j + lanes <= i; j += lanes) before += load_lanes(key + j) >= own;
     for (; j < i; ++j) rank += key[j] >= own;
-    for (j = i + 1; j + lanes <= n; j += lanes) {
-      Lanes<T> v;
-      std::memcpy(&v, key + j, sizeof(v));
-      before += v > own;
-    }
+    for (j = i + 1; j + lanes <= n; j += lanes) before += load_lanes(key + j) > own;
     for (; j < n; ++j) rank += key[j] > own;
     for (int64_t l = 0; l < lanes; ++l) rank -= before[l];
     if (rank < k) out[rank] = i;

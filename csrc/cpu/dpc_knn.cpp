@@ -4,7 +4,6 @@
 #include <torch/library.h>
 
 #include <limits>
-#include <numeric>
 #include <vector>
 
 #include "../common.h"
