@@ -28,7 +28,7 @@ class ReducingBlock(Block):
     def forward(  # type: ignore[override]
         self, x: Tensor, state: TokenState, wants: frozenset[str], reducer: Reducer | None = None
     ) -> tuple[Tensor, TokenState, AttentionExtras, dict]:
-        out, extras = attend(self.attn, self.norm1(x), state.attn_bias(x.dtype), wants, state.policy)
+        out, extras = attend(self.attn, self.norm1(x), state, wants)
         x = x + self.drop_path1(self.ls1(out))
         details: dict = {}
         if reducer is not None:
@@ -42,8 +42,9 @@ class ReducingVisionTransformer(VisionTransformer):
 
     Modifications: ``self.reducers`` (a ModuleDict keyed by block index) reduce tokens at their blocks;
     ``forward(x, trace=True)`` returns ``(logits, Trace)``; ``set_grad_checkpointing()`` checkpoints every block
-    (pre-block reducers run outside); ``forward_intermediates`` returns the reduced token sets. ``keep_rate`` is
-    read-only. Backbone parameters and their names are unchanged.
+    (pre-block reducers run outside); ``forward_intermediates`` returns the reduced token sets; pooling without a
+    class token leaves padding out (:meth:`pool`). ``keep_rate`` is read-only. Backbone parameters and their
+    names are unchanged.
     """
 
     reducers: nn.ModuleDict
@@ -67,7 +68,7 @@ class ReducingVisionTransformer(VisionTransformer):
         self, x: Tensor, trace: Trace | None = None, decisions: list[Tensor] | None = None
     ) -> Tensor:
         """Tokens [B, N', C] after the final norm; fills ``trace`` and DynamicViT's training ``decisions``."""
-        x, _ = self._run_blocks(x, trace, decisions)
+        x, _, _ = self._run_blocks(x, trace, decisions)
         return self.norm(x)
 
     def _run_blocks(
@@ -77,12 +78,12 @@ class ReducingVisionTransformer(VisionTransformer):
         decisions: list[Tensor] | None = None,
         take: Sequence[int] = (),
         last: int | None = None,
-    ) -> tuple[Tensor, list[Tensor]]:
-        """Images x [B, 3, H, W] → the tokens [B, N', C] after block ``last`` (default: the last block), and
-        the tokens after each block in ``take``, in block order (before the final norm)."""
+    ) -> tuple[Tensor, TokenState, list[Tensor]]:
+        """Images x [B, 3, H, W] → the tokens [B, N', C] after block ``last`` (default: the last block), their
+        state, and the tokens after each block in ``take``, in block order (before the final norm)."""
         self._check_images(x)
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
-        state = TokenState.start(x, self.num_prefix_tokens, tracing=trace is not None)
+        state = TokenState.start(x, self.num_prefix_tokens, trace is not None, self.has_class_token)
         for reducer in self.reducers.values():
             state = reducer.prepare(x, state)
         extras = AttentionExtras()
@@ -106,12 +107,12 @@ class ReducingVisionTransformer(VisionTransformer):
                     trace.stages.append(
                         state.stage_trace(x, index, **{k: v for k, v in details.items() if k != "decision"})
                     )
-                trace.cls_features.append(x[:, 0])
+                trace.cls_features.append(x[:, 0] if self.has_class_token else self.pool(x, "avg", state))
             if index in take:
                 taken.append(x)
             if index == last:
                 break
-        return x, taken
+        return x, state, taken
 
     def _check_images(self, x: Tensor) -> None:
         if x.ndim != 4:
@@ -144,13 +145,45 @@ class ReducingVisionTransformer(VisionTransformer):
         also {"decisions": per-stage keep decisions [B, P], "tokens": final normed spatial tokens [B, P, C]}."""
         record = Trace(self.method) if trace else None
         decisions: list[Tensor] | None = [] if aux else None
-        features = self.forward_features(x, record, decisions)
-        logits = self.forward_head(features)
+        x, state, _ = self._run_blocks(x, record, decisions)
+        features = self.norm(x)
+        logits = self.forward_head(features, state=state)
         if record is not None:
             return logits, record
         if decisions is not None:
             return logits, {"decisions": decisions, "tokens": features[:, self.num_prefix_tokens :]}
         return logits
+
+    def pool(self, x: Tensor, pool_type: str | None = None, state: TokenState | None = None) -> Tensor:
+        """timm's pooling of tokens x [B, N, C] → [B, C].
+
+        Modifications: given the token state, pooling over tokens follows it: "avg", "max" and "avgmax" leave
+        ATS's padding slots and tokens dropped in DynamicViT training out, and "avg" weights each token by the
+        patches it holds where sizes are tracked (ToMe, as its proportional attention does); "map" attention
+        pooling gets the blocks' key bias (padding masked, ToMe's log sizes). "token" reads the class token.
+        """
+        weight = None if state is None else state.token_weight(x)
+        pool_type = self.global_pool if pool_type is None else pool_type
+        if weight is None or (pool_type == "token" and self.attn_pool is None):
+            return super().pool(x, pool_type)
+        start = 0 if self.pool_include_prefix else self.num_prefix_tokens
+        if self.attn_pool is not None:
+            bias = state.attn_bias(x.dtype)
+            if state.policy is not None:
+                dropped = torch.zeros_like(state.policy, dtype=x.dtype).masked_fill(state.policy == 0, -torch.inf)
+                bias = dropped[:, None, None, :] if bias is None else bias + dropped[:, None, None, :]
+            return self.attn_pool(x[:, start:], attn_mask=None if bias is None else bias[..., start:])
+        tokens, weight = x[:, start:], weight[:, start:, None]
+        mean = (tokens * weight).sum(1) / weight.sum(1)
+        if pool_type == "avg":
+            return mean
+        top = tokens.masked_fill(weight == 0, -torch.inf).amax(1)
+        return top if pool_type == "max" else 0.5 * (top + mean)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False, state: TokenState | None = None) -> Tensor:
+        """timm's head on the final normed tokens x [B, N, C]; pass the token state to pool by it (:meth:`pool`)."""
+        x = self.head_drop(self.fc_norm(self.pool(x, state=state)))
+        return x if pre_logits else self.head(x)
 
     def forward_intermediates(  # type: ignore[override]
         self,
@@ -189,7 +222,7 @@ class ReducingVisionTransformer(VisionTransformer):
                 "model(x, trace=True) tells where each patch went"
             )
         height, width = x.shape[-2:]
-        x, intermediates = self._run_blocks(x, take=take, last=max_index if stop_early else None)
+        x, _, intermediates = self._run_blocks(x, take=take, last=max_index if stop_early else None)
         p = self.num_prefix_tokens
         intermediates = [self.norm(y) if norm else y for y in intermediates]
         prefix_tokens = [y[:, :p] for y in intermediates]
@@ -225,14 +258,30 @@ class ReducingVisionTransformer(VisionTransformer):
         return [self.keep_rate ** (s + 1) for s in range(len(self.reducers))]
 
 
+POOLS = ("token", "avg", "max", "avgmax", "map")
+"""The heads' pooling a reducing ViT supports (timm's ``global_pool``)."""
+
+OTHER_CLASSES = {
+    "Eva": "EVA's blocks (rotary position embeddings, SwiGLU MLPs) are its own classes, not timm's Block",
+    "Beit": "BEiT's blocks add a relative position bias tied to the full patch grid",
+    "SwinTransformer": "Swin attends within shifted windows of a fixed patch grid and merges patches hierarchically",
+}
+"""Why models timm builds from other classes than VisionTransformer are refused, for the common ones."""
+
+
 def check_supported(model: nn.Module) -> None:
     """Refuse, with the reason, what the reducing forward does not reproduce."""
     if not isinstance(model, VisionTransformer):
-        raise TypeError(f"tokred.patch needs a timm VisionTransformer, got {type(model).__name__}")
-    if not model.has_class_token or model.global_pool != "token":
+        name = type(model).__name__
+        why = OTHER_CLASSES.get(name, "its blocks are not timm's VisionTransformer blocks")
+        raise TypeError(
+            f"tokred.patch needs a timm VisionTransformer (DeiT, DeiT-III, AugReg, CLIP, DINOv2, SigLIP, ...), "
+            f"got {name}: {why}"
+        )
+    if model.global_pool not in POOLS:
         raise ValueError(
-            f"token reduction needs the class token and global_pool='token' (got class_token={model.has_class_token}, "
-            f"global_pool={model.global_pool!r}): the reducers score tokens by their class-token attention"
+            f"global_pool={model.global_pool!r} is not supported: tokred pools the reduced tokens by {POOLS} "
+            "(for the tokens themselves use forward_features or forward_intermediates)"
         )
     if getattr(model, "dynamic_img_size", False):
         raise ValueError("dynamic_img_size=True is not supported: reduction schedules assume a fixed patch grid")

@@ -14,6 +14,8 @@ class TokenState:
 
     Attributes:
         num_prefix: leading tokens no reducer touches.
+        class_token: the first prefix token is a class token (False for models that pool their spatial tokens
+            without one: reducers that score by the class token's attention use the attention received instead).
         size: [B, N] original patches per token, for size-weighted merges and proportional attention; None
             while every token is one patch.
         mask: [B, N] bool, False for padding slots (ATS); None while there are none.
@@ -26,6 +28,7 @@ class TokenState:
     """
 
     num_prefix: int
+    class_token: bool = True
     size: Tensor | None = None
     mask: Tensor | None = None
     proportional: bool = False
@@ -34,10 +37,10 @@ class TokenState:
     representative: Tensor | None = None
 
     @classmethod
-    def start(cls, x: Tensor, num_prefix: int, tracing: bool) -> "TokenState":
+    def start(cls, x: Tensor, num_prefix: int, tracing: bool, class_token: bool = True) -> "TokenState":
         batch, n = x.shape[:2]
         grid = torch.arange(n - num_prefix, device=x.device).expand(batch, -1) if tracing else None
-        return cls(num_prefix, patch_token=grid, representative=grid)
+        return cls(num_prefix, class_token, patch_token=grid, representative=grid)
 
     def attn_bias(self, dtype: torch.dtype) -> Tensor | None:
         """Additive key bias [B, 1, 1, N] for attention, or None when no token needs one."""
@@ -47,6 +50,16 @@ class TokenState:
             masked = masked.masked_fill(~self.mask, torch.finfo(dtype).min)
             bias = masked if bias is None else bias + masked
         return None if bias is None else bias[:, None, None, :]
+
+    def token_weight(self, x: Tensor) -> Tensor | None:
+        """[B, N] how much each token counts in a mean over tokens: the patches it holds where sizes are tracked
+        (ToMe), 0 for padding slots (ATS) and for tokens dropped in training (DynamicViT); None while every token
+        counts once."""
+        weight = None
+        for factor in (self.size, self.mask, self.policy):
+            if factor is not None:
+                weight = factor.to(x.dtype) if weight is None else weight * factor.to(x.dtype)
+        return weight
 
     def spatial_mask(self, x: Tensor) -> Tensor:
         """[B, N - num_prefix] bool, True for real spatial tokens."""

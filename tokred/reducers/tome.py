@@ -11,13 +11,13 @@ from tokred.state import TokenState
 
 
 def match(metric: Tensor, removal: int) -> Tensor:
-    """New sequence position [B, N] of every token after merging ``removal`` tokens of set A (even positions)
-    into their most similar token of set B (odd positions). metric [B, N, d]; the class token (A's first)
-    never merges. New order: [unmerged A in position order, B]."""
+    """New position [B, N] of every spatial token after merging ``removal`` tokens of set A (odd positions) into
+    their most similar token of set B (even positions). metric [B, N, d] of the spatial tokens. New order:
+    [unmerged A in position order, B]. (The study split [class token, spatial tokens] by alternate positions with
+    the class token first in A, never merging: the same sets, so prefix tokens of any kind stay out of it.)"""
     batch, n, _ = metric.shape
     metric = metric / metric.norm(dim=-1, keepdim=True)
-    scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # [B, Na, Nb]
-    scores[:, 0] = -torch.inf
+    scores = metric[:, 1::2] @ metric[:, ::2].transpose(1, 2)  # [B, Na, Nb]
     best, best_b = scores.max(-1)
     order = best.argsort(dim=-1, descending=True, stable=True)
     sources, unmerged = order[:, :removal], order[:, removal:].sort(-1).values
@@ -26,8 +26,8 @@ def match(metric: Tensor, removal: int) -> Tensor:
     new_a.scatter_(1, unmerged, torch.arange(n_unmerged, device=metric.device).expand(batch, -1))
     new_a.scatter_(1, sources, n_unmerged + best_b.gather(1, sources))
     new_b = n_unmerged + torch.arange(n - n_a, device=metric.device).expand(batch, -1)
-    position = torch.stack([new_a[:, : n - n_a], new_b], dim=-1).flatten(1)  # interleave A and B again
-    return torch.cat([position, new_a[:, n - n_a :]], dim=1)  # the last A token when N is odd
+    position = torch.stack([new_b[:, :n_a], new_a], dim=-1).flatten(1)  # interleave B and A again
+    return torch.cat([position, new_b[:, n_a:]], dim=1)  # the last B token when N is odd
 
 
 def weighted_mean(values: Tensor, size: Tensor, index: Tensor, count: int) -> Tensor:
@@ -41,8 +41,9 @@ def weighted_mean(values: Tensor, size: Tensor, index: Tensor, count: int) -> Te
 
 
 class ToMe(Reducer):
-    """In-block: merge ``removal`` tokens by bipartite soft matching on the mean-over-heads keys; merged tokens
-    are size-weighted means and later attention adds log(size) to the logits.
+    """In-block: merge ``removal`` spatial tokens by bipartite soft matching on the mean-over-heads keys; merged
+    tokens are size-weighted means and later attention adds log(size) to the logits. Prefix tokens (class token,
+    registers) stay out of the matching.
 
     Options:
         rounds: False (the study): one matching round, so at most ⌊(N − 1)/2⌋ tokens merge per stage (r = 0.5
@@ -66,20 +67,19 @@ class ToMe(Reducer):
         return [cls(dim, t, before - t, rounds) for before, t in zip(previous, targets, strict=True)]
 
     def forward(self, x: Tensor, state: TokenState, extras: AttentionExtras) -> tuple[Tensor, TokenState, Details]:
-        if state.num_prefix != 1:
-            raise ValueError("ToMe here supports models whose only prefix token is the class token (no registers)")
         assert extras.keys is not None
-        metric, remaining = extras.keys, self.removal
-        while remaining > 0 and (x.shape[1] - 1) // 2 > 0:
-            removal = min(remaining, (x.shape[1] - 1) // 2)
+        p = state.num_prefix
+        metric, remaining = extras.keys[:, p:], self.removal
+        while remaining > 0 and (x.shape[1] - p) // 2 > 0:
+            removal = min(remaining, (x.shape[1] - p) // 2)
             if state.size is None:
                 state = replace(state, size=torch.ones(x.shape[:2], device=x.device, dtype=x.dtype))
             with torch.no_grad():
-                spatial_new = match(metric, removal)[:, 1:] - 1  # the class token stays first
-            count = x.shape[1] - 1 - removal
-            size = state.size.to(x.dtype)
-            merged = weighted_mean(x[:, 1:], size[:, 1:], spatial_new, count)
-            metric = torch.cat([metric[:, :1], weighted_mean(metric[:, 1:], size[:, 1:], spatial_new, count)], dim=1)
+                spatial_new = match(metric, removal)
+            count = x.shape[1] - p - removal
+            size = state.size[:, p:].to(x.dtype)
+            merged = weighted_mean(x[:, p:], size, spatial_new, count)
+            metric = weighted_mean(metric, size, spatial_new, count)
             x, state = replace(state, proportional=True).merge(x, merged, spatial_new)
             remaining -= removal
             if not self.rounds:
