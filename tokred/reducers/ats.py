@@ -11,7 +11,8 @@ from tokred.state import TokenState
 
 class ATS(Reducer):
     """In-block: significance S_j = Σ_h A[h, cls, j] ‖v_hj‖ over the spatial tokens, K = ``target`` quantiles
-    of its CDF (at most K distinct tokens kept, fewer when the mass is concentrated), padding masked.
+    of its CDF (at most K distinct tokens kept, fewer when the mass is concentrated), padding masked. Without a
+    class token, A[h, cls, j] is the attention token j receives in head h, averaged over the real queries.
 
     Options:
         rule: "nearest" (the study) or "inverse" (textbook inverse transform).

@@ -10,7 +10,8 @@ from tokred.state import TokenState
 
 class EViT(Reducer):
     """In-block: keep the ``target`` most attended spatial tokens (descending score) and append one fused
-    token Σ a_j x_j over the others, weighted by their raw class attention a_j (not renormalised)."""
+    token Σ a_j x_j over the others, weighted by their raw class attention a_j (not renormalised). Without a
+    class token, a_j is the attention token j receives, averaged over queries and heads."""
 
     info = MethodInfo("EViT", "pruning + fusion", keeps_patches=True, fixed_count=True)
 

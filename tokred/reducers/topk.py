@@ -9,7 +9,8 @@ from tokred.state import TokenState
 
 class TopK(Reducer):
     """In-block: keep the ``target`` spatial tokens with the highest head-averaged class attention, in
-    descending score order. A stage that would keep every token leaves the tokens as they are."""
+    descending score order. A stage that would keep every token leaves the tokens as they are. Without a class
+    token: the attention each token receives, averaged over queries and heads."""
 
     info = MethodInfo("Top-K", "pruning", keeps_patches=True, fixed_count=True)
 
