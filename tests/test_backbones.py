@@ -134,6 +134,19 @@ def test_registers_stay_in_front_of_every_method(images, method):
         assert counts == [[98, 98], [49, 49]]
 
 
+@pytest.mark.parametrize(("method", "options"), [("topk", {}), ("tome", {"rounds": True}), ("dpc_knn", {})])
+def test_counts_follow_the_models_own_grid(method, options):
+    """DINOv2 with registers at 518²: 37 × 37 patches, stage s keeps floor(1369 r^s) (4 of its 12 blocks)."""
+    torch.manual_seed(0)
+    model = tokred.create_model(
+        "vit_small_patch14_reg4_dinov2", method, 0.5, (1, 2, 3), depth=4, method_options=options
+    ).eval()
+    with torch.no_grad():
+        _, trace = model(torch.randn(1, 3, 518, 518), trace=True)
+    assert model.patch_embed.num_patches == 1369 and model.num_prefix_tokens == 5
+    assert [int(s.token_counts) for s in trace.stages] == [684, 342, 171]
+
+
 def test_refused_model_classes():
     for name, why in [("eva02_tiny_patch14_224", "rotary"), ("swin_tiny_patch4_window7_224", "windows")]:
         with pytest.raises(TypeError, match=f"timm VisionTransformer .* got .*{why}"):
