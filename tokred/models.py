@@ -7,7 +7,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import timm
+import torch
 from huggingface_hub import constants as hub
+from torch import Tensor
 
 from tokred.patch import ReducingVisionTransformer, patch
 
@@ -29,6 +31,28 @@ def offline_hub() -> Iterator[None]:
         yield
     finally:
         hub.HF_HUB_OFFLINE = previous
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The weights in ``path``: a ``.safetensors`` file, or a ``.pth`` holding a state dict, ``{"model": ...}``
+    (train/main.py's checkpoints) or ``{"state_dict": ...}``; tensors only (``torch.load(weights_only=True)``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load fails in many ways on a damaged file
+        raise ValueError(f"{path} is not a readable weights file ({type(error).__name__}: {error})") from error
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no state dict (tensors by name)")
+    return state
 
 
 def create_backbone(

@@ -7,6 +7,8 @@ CPU-only build given CUDA tensors) it runs the reference instead and warns once.
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -24,6 +26,7 @@ except ImportError as error:
     EXTENSION_ERROR = error
 
 _warned_fallback = False
+_references_only = False
 
 
 class AtsSample(NamedTuple):
@@ -62,8 +65,22 @@ def has_kernel(op: str, device: torch.device) -> bool:
     return (op, device.type) in _KERNELS
 
 
+@contextmanager
+def references_only() -> Iterator[None]:
+    """Inside, every operator runs its pure-PyTorch reference, also where a kernel exists: for exporters whose
+    graphs cannot hold custom operators (ONNX), the references are the operators' decomposition."""
+    global _references_only
+    previous, _references_only = _references_only, True
+    try:
+        yield
+    finally:
+        _references_only = previous
+
+
 def _use_kernel(op: str, device: torch.device) -> bool:
     global _warned_fallback
+    if _references_only:
+        return False
     if has_kernel(op, device):
         return True
     if not _warned_fallback:
@@ -184,6 +201,8 @@ def _check_distance_workspace(op: str, x: Tensor, per_thread: bool) -> None:
     The CUDA kernels and the reference hold one matrix per image, B at once; the CPU kernels one per thread.
     Checked before anything is allocated, so a huge N fails at once with the size it would need.
     """
+    if torch.compiler.is_exporting():
+        return  # an exported graph cannot refuse; the symbolic batch would only turn the bound into a guard
     memory, threads = _memory_and_threads(x.device)
     if memory is None:
         return
@@ -218,7 +237,7 @@ def _kernel_checks(op: str, t: object) -> bool:
     take ~1 µs, a tenth of the ATS kernel at the study's sizes) and check only after a refusal, to raise the
     ValueError or TypeError that says what to fix.
     """
-    if not isinstance(t, Tensor) or torch.compiler.is_compiling():
+    if not isinstance(t, Tensor) or torch.compiler.is_compiling() or _references_only:
         return False
     return (op, "cpu") in _KERNELS if t.is_cpu else t.is_cuda and (op, "cuda") in _KERNELS
 

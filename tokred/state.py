@@ -8,6 +8,21 @@ from torch import Tensor
 from tokred.trace import StageTrace
 
 
+def group_sum(values: Tensor, index: Tensor, count: int) -> Tensor:
+    """Sums [B, count, D] of values [B, N, D] grouped by index [B, N] (entries outside [0, count) count nowhere).
+
+    A scatter-add, except while exporting (torch.export, ONNX), where it is a one-hot matrix product: runtimes
+    such as TensorRT lack scatters with a reduction. Both sum in the dtype of ``values``.
+    """
+    if torch.compiler.is_exporting():
+        one_hot = index[:, None, :] == torch.arange(count, device=index.device)[None, :, None]  # [B, count, N]
+        return torch.bmm(one_hot.to(values.dtype), values)
+    inside = (index >= 0) & (index < count)
+    summed = values.new_zeros(values.shape[0], count + 1, values.shape[-1])  # the last slot takes the outside
+    slot = torch.where(inside, index, count)[..., None].expand_as(values)
+    return summed.scatter_add_(1, slot, values)[:, :count]
+
+
 @dataclass
 class TokenState:
     """Bookkeeping for the tokens x [B, N, C]; the first ``num_prefix`` (class token, registers) are never reduced.
@@ -97,8 +112,7 @@ class TokenState:
         out = torch.cat([x[:, :p], merged], dim=1)
         size = None
         if self.size is not None:
-            spatial = self.size[:, p:] * (assignment >= 0)
-            size = spatial.new_zeros(merged.shape[:2]).scatter_add_(1, assignment.clamp_min(0), spatial)
+            size = group_sum(self.size[:, p:, None], assignment, merged.shape[1])[..., 0]
             size = torch.cat([self.size[:, :p], size], dim=1)
         patch_token, representative = None, None
         if self.patch_token is not None:
@@ -131,9 +145,7 @@ class TokenState:
         assert self.patch_token is not None and self.representative is not None
         batch, tokens = x.shape[0], x.shape[1] - self.num_prefix
         held = torch.where(self.patch_token >= 0, self.patch_token, tokens)  # dropped patches land in a spare slot
-        count = torch.zeros(batch, tokens + 1, dtype=torch.long, device=x.device).scatter_add_(
-            1, held, torch.ones_like(held)
-        )[:, :tokens]
+        count = group_sum(torch.ones_like(held)[..., None], held, tokens)[..., 0]
         patch = torch.full((batch, tokens + 1), -1, dtype=torch.long, device=x.device)
         patch.scatter_(1, held, torch.arange(held.shape[1], device=x.device).expand_as(held))
         kept = torch.where(count == 1, patch[:, :tokens], -1)

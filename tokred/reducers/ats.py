@@ -17,8 +17,9 @@ class ATS(Reducer):
     Options:
         rule: "nearest" (the study) or "inverse" (textbook inverse transform).
         trim: drop padding columns no image uses, as the study did (one host sync per stage); False keeps the
-            sequence at the upper bound, free of syncs (for torch.compile / CUDA graphs). Under torch.jit.trace
-            the stage never trims, so the traced graph does not freeze one batch's width (same logits).
+            sequence at the upper bound, free of syncs (for CUDA graphs). Under torch.jit.trace, torch.compile
+            and torch.export the stage never trims, so a graph does not freeze one batch's width or break at the
+            sync (same logits: the padding is masked).
     """
 
     info = MethodInfo("ATS", "adaptive pruning", keeps_patches=True, any_rate=True)
@@ -35,7 +36,7 @@ class ATS(Reducer):
         p = state.num_prefix
         significance = (extras.cls_attn[:, :, p:] * extras.value_norm[:, :, p:]).sum(1)  # [B, N]
         sample = ops.ats_sample(significance.detach().float(), state.spatial_mask(x), self.target, self.rule)
-        if self.trim and not torch.jit.is_tracing():
+        if self.trim and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             sample = ops.trim_to_batch_max(sample)
         x, state = state.select(x, sample.ids, sample.mask)
         return x, state, {}

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from tokred import ops
 from tokred.attention import AttentionExtras
 from tokred.reducers.base import Details, MethodInfo, Reducer
-from tokred.state import TokenState
+from tokred.state import TokenState, group_sum
 
 
 class DPCKNN(Reducer):
@@ -33,10 +33,8 @@ class DPCKNN(Reducer):
         noise = 1e-6 * torch.rand(tokens.shape[:2], device=x.device) if self.tie_break == "noise" else None
         centres, assignment = ops.dpc_knn(tokens.detach(), self.target, self.k_neighbors, None, noise)
         weight = self.score(tokens).exp()  # [B, N, 1]
-        index = assignment[..., None]
-        total = weight.new_zeros(x.shape[0], self.target, 1).scatter_add(1, index, weight)
-        summed = tokens.new_zeros(x.shape[0], self.target, x.shape[-1])
-        summed = summed.scatter_add(1, index.expand(-1, -1, x.shape[-1]), weight * tokens)
+        total = group_sum(weight, assignment, self.target)
+        summed = group_sum(weight * tokens, assignment, self.target)
         centre_tokens = tokens.gather(1, centres[..., None].expand(-1, -1, x.shape[-1]))
         x, state = state.merge(x, summed / (total + 1e-6), assignment, centres)
         return x, state, {"centres": centre_tokens.detach()}

@@ -12,8 +12,8 @@ from tokred.state import TokenState
 
 class Sinkhorn(Reducer):
     """Pre-block: cosine scores between the unit tokens and K learned centres (init N(0, 1), projected to the
-    unit sphere in place on every forward, as the study did), a log-domain Sinkhorn plan Π [B, K, N], and
-    merged tokens Π x̂ (a sum of unit tokens).
+    unit sphere in place on every training forward, as the study did; in eval projected without changing the
+    parameter), a log-domain Sinkhorn plan Π [B, K, N], and merged tokens Π x̂ (a sum of unit tokens).
 
     Options:
         eps: entropic regularisation (the study: 1.0).
@@ -45,15 +45,18 @@ class Sinkhorn(Reducer):
         self.centres = nn.Parameter(torch.randn(target, dim))
 
     def forward(self, x: Tensor, state: TokenState, extras: AttentionExtras) -> tuple[Tensor, TokenState, Details]:
-        with torch.no_grad():
-            self.centres.copy_(F.normalize(self.centres, dim=-1))
+        if self.training:
+            with torch.no_grad():
+                self.centres.copy_(F.normalize(self.centres, dim=-1))
+            centres = self.centres
+        else:  # the same values, without mutating a parameter (exported and compiled graphs)
+            centres = F.normalize(self.centres, dim=-1)
         raw = x[:, state.num_prefix :]
         tokens = F.normalize(raw, dim=-1)
-        scores = self.centres.to(tokens.dtype) @ tokens.transpose(1, 2)  # [B, K, N]
+        scores = centres.to(tokens.dtype) @ tokens.transpose(1, 2)  # [B, K, N]
         plan = ops.sinkhorn(scores, self.eps, self.iters, self.marginals)
         merged = plan @ (tokens if self.unit_tokens else raw)
         if self.merge == "mean":
             merged = merged / plan.sum(-1, keepdim=True)
         x, state = state.merge(x, merged, plan.argmax(1))
-        centres = self.centres.detach().expand(x.shape[0], -1, -1)
-        return x, state, {"soft_assignment": plan.detach(), "centres": centres}
+        return x, state, {"soft_assignment": plan.detach(), "centres": centres.detach().expand(x.shape[0], -1, -1)}

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from tokred.attention import AttentionExtras
 from tokred.reducers.base import Details, MethodInfo, Reducer
-from tokred.state import TokenState
+from tokred.state import TokenState, group_sum
 
 
 def match(metric: Tensor, removal: int) -> Tensor:
@@ -33,11 +33,8 @@ def match(metric: Tensor, removal: int) -> Tensor:
 def weighted_mean(values: Tensor, size: Tensor, index: Tensor, count: int) -> Tensor:
     """Size-weighted means [B, count, D] of values [B, N, D] grouped by index [B, N], in the promoted dtype of
     values and size [B, N] (under autocast the keys are half precision, the sizes float32)."""
-    weighted = values * size[..., None]
-    summed = weighted.new_zeros(values.shape[0], count, values.shape[-1])
-    summed.scatter_add_(1, index[..., None].expand_as(values), weighted)
-    total = size.new_zeros(size.shape[0], count).scatter_add_(1, index, size)
-    return summed / total[..., None]
+    summed = group_sum(values * size[..., None], index, count)
+    return summed / group_sum(size[..., None], index, count)
 
 
 class ToMe(Reducer):

@@ -1,0 +1,124 @@
+"""`python -m tokred.export --model NAME --method M --r R --out F.onnx`: a reducing ViT as an ONNX file, checked
+in onnxruntime against PyTorch on a batch of another size."""
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import tokred
+from tokred.export import Deployed, default_example, export_onnx, output_names
+from tokred.models import read_state_dict
+from tokred.reducers import parse_options
+
+log = logging.getLogger("tokred.export")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tokred.export",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", default="deit_small_patch16_224", help="timm ViT name")
+    parser.add_argument("--method", required=True, choices=list(tokred.METHODS), help="reduction method")
+    parser.add_argument("--r", type=float, default=0.5, help="keep rate in (0, 1]")
+    parser.add_argument("--reduction-loc", type=int, nargs="+", default=[3, 6, 9], help="blocks of the stages")
+    parser.add_argument(
+        "--method-option", action="append", default=[], metavar="KEY=VALUE", help="an option of the method"
+    )
+    parser.add_argument(
+        "--pretrained-path",
+        help="weights: the backbone's (a timm checkpoint, .pth or .safetensors) or a whole reducing model's (a state "
+        "dict with reducers.* keys, e.g. train/main.py's best_checkpoint.pth); without it random weights (a warning)",
+    )
+    parser.add_argument("--num-classes", type=int, help="classifier size (default: the weights', else timm's)")
+    parser.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
+    parser.add_argument("--batch", type=int, default=2, help="batch of the example traced (the batch stays dynamic)")
+    parser.add_argument("--assignments", action="store_true", help="also output each stage's patch assignment")
+    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
+    return parser.parse_args(argv)
+
+
+def build(args: argparse.Namespace) -> tokred.ReducingVisionTransformer:
+    """The model the arguments name, with its weights."""
+    options = parse_options(args.method, args.method_option)
+    loc = tuple(args.reduction_loc)
+    if args.pretrained_path is None:
+        log.warning("no --pretrained-path: exporting random weights")
+        return tokred.create_model(
+            args.model, args.method, args.r, loc, num_classes=args.num_classes, method_options=options
+        )
+    state = read_state_dict(args.pretrained_path)
+    if not any(key.startswith("reducers.") for key in state):  # backbone weights: timm's loader reads them
+        learned = any(True for _ in tokred.create_model(args.model, args.method, args.r, loc).reducers.parameters())
+        if learned:
+            log.warning(
+                "%s has no reducers.* weights: the learned %s modules keep their random initialisation",
+                args.pretrained_path,
+                args.method,
+            )
+        return tokred.create_model(
+            args.model,
+            args.method,
+            args.r,
+            loc,
+            pretrained_path=args.pretrained_path,
+            num_classes=args.num_classes,
+            method_options=options,
+        )
+    num_classes = args.num_classes if args.num_classes is not None else state["head.weight"].shape[0]
+    model = tokred.create_model(args.model, args.method, args.r, loc, num_classes=num_classes, method_options=options)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{args.pretrained_path} does not fit {args.model} with {args.method} at r = {args.r} and "
+            f"reduction blocks {loc}: {error}"
+        ) from error
+    return model
+
+
+def verify(model: tokred.ReducingVisionTransformer, path: Path, batch: int, assignments: bool) -> float:
+    """Run the file in onnxruntime on random images of ``batch`` ≠ the example's; the largest logit difference
+    from PyTorch. Raises when the assignments differ."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = default_example(model, batch)
+    outputs = session.run(None, {"images": images.cpu().numpy()})
+    with torch.no_grad():
+        expected = Deployed(model.eval(), assignments)(images)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for name, got, want in zip(output_names(model, assignments)[1:], outputs[1:], expected[1:], strict=True):
+        if not np.array_equal(got, want.cpu().numpy()):
+            raise RuntimeError(f"{path}: {name} differs from PyTorch's ({(got != want.cpu().numpy()).sum()} patches)")
+    return float(np.abs(outputs[0] - expected[0].cpu().numpy()).max())
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("tokred").setLevel(logging.INFO)
+    args = parse_args(argv)
+    if args.batch < 2:
+        raise SystemExit("--batch must be >= 2: a batch of 1 would fix the batch size of the graph")
+    model = build(args).eval()
+    path = export_onnx(model, args.out, default_example(model, args.batch), args.opset, args.assignments)
+    if not args.no_verify:
+        error = verify(model, path, args.batch + 1, args.assignments)
+        log.info(
+            "onnxruntime at batch %d: logits within %.2g of PyTorch%s",
+            args.batch + 1,
+            error,
+            ", assignments identical" if args.assignments else "",
+        )
+    return path
+
+
+if __name__ == "__main__":
+    main()
