@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+import timm
 import torch
 
 import tokred
@@ -88,6 +89,20 @@ def test_onnx_matches_pytorch_in_onnxruntime(method, tmp_path):
         x = images(batch)
         assert_matches(session.run(None, {"images": x.numpy()}), eager(model, x))
     assert model.training is False and [o.name for o in session.get_outputs()][:2] == ["logits", "assignment_1"]
+
+
+@pytest.mark.parametrize(("pool", "method"), [("avg", "ats"), ("map", "tome")])
+def test_onnx_without_class_token_with_registers(pool, method, tmp_path):
+    """Pooling by the token state (ATS's padding left out, ToMe's sizes in SigLIP-style attention pooling)."""
+    torch.manual_seed(0)
+    base = timm.create_model(
+        "vit_tiny_patch16_224", class_token=False, global_pool=pool, reg_tokens=2, depth=4, img_size=96
+    )
+    model = tokred.patch(base, method, 0.5, (1, 2, 3)).eval()
+    path = export_onnx(model, tmp_path / f"{method}.onnx", default_example(model), assignments=True)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = images(3)
+    assert_matches(session.run(None, {"images": x.numpy()}), eager(model, x))
 
 
 def test_exports_run_in_eval_mode_and_restore_the_models_mode(tmp_path):
