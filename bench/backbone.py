@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from bench.timing import measure  # noqa: E402
+from tokred.timing import measure  # noqa: E402
 
 
 def main() -> None:

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 
 from bench import baselines  # noqa: E402
-from bench.timing import measure  # noqa: E402
 from tokred import ops, reference  # noqa: E402
+from tokred.timing import measure  # noqa: E402
 
 log = logging.getLogger("bench.ops")
 

@@ -1,4 +1,4 @@
-"""Timing shared by the benchmarks: functions measured in turns, so that their ratios survive a busy machine."""
+"""Timing shared by the benchmarks and the sweep: functions timed in turns, so their ratios survive a busy machine."""
 
 import math
 import statistics

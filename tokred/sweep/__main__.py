@@ -1,0 +1,3 @@
+from tokred.sweep.run import main
+
+main()
