@@ -21,7 +21,8 @@ from train.checkpoint import Checkpoint
 from train.config import TrainConfig
 from train.data import DemoDigits
 
-TINY = ["--methods", "topk", "tome", "--rates", "0.5", "0.7", "--limit", "4", "--batch", "2", "--min-time", "0"]
+SMALL = ["--limit", "4", "--batch", "2", "--min-time", "0"]
+TINY = ["--methods", "topk", "tome", "--rates", "0.5", "0.7", *SMALL]
 BLUE = np.array([31, 119, 180])  # matplotlib's first colour: the first method's curve (topk)
 
 
@@ -119,12 +120,22 @@ def test_a_learned_method_comes_from_its_checkpoint(tmp_path):
     path = tmp_path / "best_checkpoint.pth"
     Checkpoint(model=model.state_dict(), config=dict(vars(config), reduction_loc=list(config.reduction_loc))).save(path)
     out = tmp_path / "sweep"
-    main([*TINY[3:], "--methods", "dpc_knn", "--checkpoints", str(path), "--out", str(out)])
+    main([*SMALL, "--methods", "dpc_knn", "--checkpoints", str(path), "--out", str(out)])
     got = {row["method"]: row for row in rows(out)}
     assert set(got) == {"none", "dpc_knn"}
     row = got["dpc_knn"]
     assert row["checkpoint"] == str(path) and row["random_weights"] == "False" and row["tokens"] == "98/49/24"
     assert float(row["score"]) == pytest.approx(demo_accuracy(model, 4))
+
+
+def test_pretrained_weights_with_a_classifier_of_other_classes_are_flagged(tmp_path):
+    path = tmp_path / "deit_tiny.pth"
+    torch.save({"model": timm.create_model("deit_tiny_patch16_224").state_dict()}, path)  # 1000 classes; demo: 10
+    out = tmp_path / "sweep"
+    main([*SMALL, "--methods", "topk", "--rates", "0.5", "--pretrained-path", str(path), "--out", str(out)])
+    for row in rows(out):
+        assert row["weights"] == f"{path} (new random classifier)" and row["random_weights"] == "True"
+    assert "Random weights" in (out / "index.html").read_text()
 
 
 @pytest.mark.parametrize(
@@ -147,6 +158,8 @@ def test_bad_arguments_are_refused_with_what_to_do(argv, message, tmp_path, caps
 def test_a_learned_method_without_checkpoint_or_a_wrong_layout_is_refused(tmp_path):
     with pytest.raises(SystemExit, match=r"dpc_knn, sit learn parameters.*--checkpoints runs/<run>/best_checkpoint"):
         main(["--methods", "topk", "dpc_knn", "sit", "--limit", "2", "--out", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match="0.173"):  # r = 0.05 at blocks 3, 6, 9 empties stage 2 (README)
+        main(["--methods", "topk", "--rates", "0.05", "--limit", "2", "--out", str(tmp_path / "c")])
     with pytest.raises(SystemExit, match="ImageNet root .* has no train"):
         main(["--dataset", "imagenet", "--data", str(tmp_path), "--out", str(tmp_path / "b")])
 

@@ -110,21 +110,17 @@ def append_row(folder: Path, row: Row) -> None:
 
 
 def check_settings(folder: Path, settings: dict[str, Any]) -> None:
-    """Record ``settings`` in ``folder`` (created), or, when it holds a sweep already, refuse other settings:
-    its rows would not be comparable (ValueError naming the differences)."""
+    """Record ``settings`` in ``folder`` (created); when it holds rows of a sweep with other settings, refuse:
+    they would not be comparable (ValueError naming the differences)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SETTINGS
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        differ = [
-            f"{k}: {saved.get(k)!r} there, {settings.get(k)!r} now" for k in settings if saved.get(k) != settings[k]
-        ]
-        if differ:
-            raise ValueError(
-                f"{folder} holds a sweep with other settings ({'; '.join(differ)}): rerun with its settings to "
-                "continue it, or pass another --out"
-            )
-        return
+    saved = json.loads(path.read_text()) if path.is_file() else settings
+    differ = [f"{k}: {saved.get(k)!r} there, {settings.get(k)!r} now" for k in settings if saved.get(k) != settings[k]]
+    if differ and read_rows(folder):
+        raise ValueError(
+            f"{folder} holds a sweep with other settings ({'; '.join(differ)}): rerun with its settings to "
+            "continue it, or pass another --out"
+        )
     path.write_text(json.dumps(settings, indent=1) + "\n")
 
 

@@ -4,7 +4,7 @@ import argparse
 import copy
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ except ModuleNotFoundError as error:
 
 log = logging.getLogger("tokred.sweep")
 
-DEFAULT_RATES = (0.5, 0.7, 0.9)
+DEFAULT_RATES = (0.5, 0.7)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -77,23 +77,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--limit",
         type=int,
-        default=128,
+        default=64,
         metavar="N",
         help="evaluation images (0: the whole split; default: %(default)s)",
     )
-    parser.add_argument("--batch", type=int, default=16, help="batch of the throughput (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=8, help="batch of the throughput (default: %(default)s)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0, help="random weights and demo images (default: %(default)s)")
     parser.add_argument(
         "--min-time", type=float, default=0.5, help="seconds of timing per configuration and batch size (default: 0.5)"
     )
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder of the results")
     args = parser.parse_args(argv)
     if bad := [r for r in args.rates if not 0 < r <= 1]:
         parser.error(f"--rates {' '.join(map(str, bad))}: a keep rate must lie in (0, 1]")
-    if args.limit < 0 or args.batch < 1 or args.workers < 0 or args.min_time < 0:
-        parser.error("--limit, --workers and --min-time must be at least 0, --batch at least 1")
+    if args.limit < 0 or args.workers < 0 or args.min_time < 0 or args.batch < 1 or (args.threads or 1) < 1:
+        parser.error("--limit, --workers and --min-time must be at least 0, --batch and --threads at least 1")
     if args.dataset != "demo" and args.data is None:
         parser.error(f"--dataset {args.dataset} needs --data ROOT, the dataset's folder")
     if args.data is not None and not Path(args.data).is_dir():
@@ -105,7 +106,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def settings(args: argparse.Namespace) -> dict[str, object]:
     """What every row of a sweep folder shares: a rerun must give the same to continue it."""
-    keys = ("model", "pretrained_path", "dataset", "data", "loc", "limit", "batch", "seed")
+    keys = ("model", "pretrained_path", "dataset", "data", "loc", "limit", "batch", "seed", "threads")
     return {key: getattr(args, key) for key in keys} | {"device": str(args.device)}
 
 
@@ -141,10 +142,14 @@ def backbone(args: argparse.Namespace, num_classes: int) -> tuple[nn.Module, str
     return model, args.pretrained_path, False
 
 
+def reducers(method: str, model: nn.Module, r: float, loc: Sequence[int]) -> nn.ModuleDict:
+    """The stages ``method`` would add to ``model`` (errors naming what is wrong with r or loc)."""
+    return build_reducers(method, model.embed_dim, model.patch_embed.num_patches, len(model.blocks), r, loc, {})
+
+
 def learned_methods(model: nn.Module, loc: Sequence[int]) -> set[str]:
     """The methods whose reducers have parameters of their own (they need training), found by building them."""
-    shape = (model.embed_dim, model.patch_embed.num_patches, len(model.blocks))
-    return {m for m in METHODS if any(True for _ in build_reducers(m, *shape, 1.0, loc, {}).parameters())}
+    return {m for m in METHODS if any(True for _ in reducers(m, model, 1.0, loc).parameters())}
 
 
 def plan(args: argparse.Namespace, base: nn.Module, trained: dict[Config, TrainConfig]) -> list[Config]:
@@ -159,14 +164,13 @@ def plan(args: argparse.Namespace, base: nn.Module, trained: dict[Config, TrainC
             f"runs/<run>/best_checkpoint.pth of a run of train/main.py --method {missing[0]} (one per keep rate), "
             "or leave them out of --methods"
         )
-    if learned & set(methods) and args.rates != list(DEFAULT_RATES):
+    if learned & set(methods):
         log.info("%s: the keep rates are their checkpoints' own", ", ".join(sorted(learned & set(methods))))
-    shape = (base.embed_dim, base.patch_embed.num_patches, len(base.blocks))
     configs = [Config(UNREDUCED, 1.0)]
     for method in methods:
         if method not in learned:
             for r in args.rates:
-                build_reducers(method, *shape, r, args.loc, {})  # an emptied stage is refused now, naming the r
+                reducers(method, base, r, args.loc)  # an emptied stage is refused now, naming the r
                 configs.append(Config(method, r))
     return configs + list(trained)
 
@@ -197,7 +201,9 @@ def inference(model: nn.Module, images: torch.Tensor) -> tuple[Callable[[], obje
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, multi_label: bool) -> tuple[str, float, str]:
+def evaluate(
+    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, multi_label: bool
+) -> tuple[str, float, str]:
     """(metric, score %, mean spatial tokens after each stage as "98/49/24") of ``model`` over ``loader``."""
     logits, targets, counts = [], [], []
     for images, target in loader:
@@ -218,15 +224,17 @@ def device_name(device: torch.device) -> str:
     """The device in words, for the figure's axis and the page."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"CPU, {threads} thread{'s' * (threads > 1)}"
 
 
 def sweep(args: argparse.Namespace) -> Path:
     """Run every configuration not yet in ``args.out``'s sweep.csv, then draw the figure and write the page."""
     check_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.device = device.type if device.index is None else str(device)
-    check_settings(args.out, settings(args))
     dataset = eval_split(args)
     full = dataset.dataset if isinstance(dataset, Subset) else dataset
     checkpoints = load_checkpoints(args)
@@ -234,6 +242,7 @@ def sweep(args: argparse.Namespace) -> Path:
     configs = plan(args, base, {c: v[0] for c, v in checkpoints.items()})
     if random:
         log.warning("%s weights: the accuracies are chance level, the speeds are real", weights)
+    check_settings(args.out, settings(args))
     done = {row.config for row in read_rows(args.out)}
     pending = [c for c in configs if c not in done]
     log.info(
@@ -243,8 +252,10 @@ def sweep(args: argparse.Namespace) -> Path:
         len(pending),
         device_name(device),
     )
-    loader = DataLoader(dataset, args.batch, num_workers=args.workers)
-    timed = next(iter(loader))[0][: args.batch].to(device)
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]] = DataLoader(dataset, args.batch, num_workers=args.workers)
+    if args.limit:  # --limit images are made or read once, not once per configuration
+        loader = list(loader)
+    timed = next(iter(loader))[0].to(device)
     base = base.to(device).eval()
     for config in tqdm(pending, desc="sweep", unit="config", file=sys.stderr):
         row_weights, row_random = weights, random
@@ -257,7 +268,8 @@ def sweep(args: argparse.Namespace) -> Path:
         else:
             model = tokred.patch(copy.deepcopy(base), config.method, config.r, args.loc).eval()
         metric, value, tokens = evaluate(model, loader, device, full.multi_label)
-        ms = measure({"model": inference(model, timed), "base": inference(base, timed)}, device, args.min_time)
+        pair = {"model": inference(model, timed)} | ({} if model is base else {"base": inference(base, timed)})
+        ms = measure(pair, device, args.min_time)
         latency = measure({"model": inference(model, timed[:1])}, device, args.min_time)["model"]
         row = Row(
             method=config.method,
@@ -273,7 +285,7 @@ def sweep(args: argparse.Namespace) -> Path:
             images_per_s=len(timed) / ms["model"] * 1e3,
             batch=len(timed),
             latency_ms=latency,
-            speedup=ms["base"] / ms["model"],
+            speedup=ms["base"] / ms["model"] if "base" in ms else 1.0,
             tokens=tokens,
             device=device_name(device),
         )
