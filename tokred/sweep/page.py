@@ -69,11 +69,12 @@ def write_page(rows: list[Row], folder: Path, settings: dict[str, object]) -> Pa
         for k, v in shown.items()
     )
     banner = ""
-    if any(r.random_weights for r in rows):
+    if random := sum(r.random_weights for r in rows):
+        which = "these models are" if random == len(rows) else f"{random} of the {len(rows)} models (see weights) are"
         banner = (
-            '<div class="banner">Random weights: these models are untrained (or their classifier is), so every '
-            "accuracy here is chance level and says nothing about the methods. The speeds are real. Pass "
-            "--pretrained-path or --checkpoints for meaningful accuracies.</div>"
+            f'<div class="banner">Random weights: {which} untrained (or their classifier is), so their accuracy is '
+            "chance level and says nothing about the methods. The speeds are real. Pass --pretrained-path or "
+            "--checkpoints for meaningful accuracies.</div>"
         )
     image = base64.b64encode((folder / PNG).read_bytes()).decode()
     page = f"""<!DOCTYPE html>
