@@ -31,8 +31,6 @@ except ModuleNotFoundError as error:
 
 log = logging.getLogger("tokred.sweep")
 
-DEFAULT_RATES = (0.5, 0.7)
-
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -53,16 +51,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="+",
         choices=list(METHODS),
         metavar="METHOD",
-        help="methods to sweep (default: every method without learned parameters); a method with learned "
-        "parameters needs --checkpoints of it",
+        help=f"methods to sweep, of {' '.join(METHODS)} (default: every method without learned parameters); a "
+        "method with learned parameters needs --checkpoints of it",
     )
     parser.add_argument(
         "--rates",
         nargs="+",
         type=float,
-        default=list(DEFAULT_RATES),
+        default=[0.5, 0.7],
         metavar="R",
-        help="keep rates in (0, 1] (default: %(default)s)",
+        help="keep rates in (0, 1] (default: 0.5 0.7)",
     )
     parser.add_argument("--loc", nargs="+", type=int, default=[3, 6, 9], help="reduction blocks (default: 3 6 9)")
     parser.add_argument(
@@ -81,7 +79,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="evaluation images (0: the whole split; default: %(default)s)",
     )
-    parser.add_argument("--batch", type=int, default=8, help="batch of the throughput (default: %(default)s)")
+    parser.add_argument(
+        "--batch", type=int, default=8, help="batch of the evaluation and the throughput (default: %(default)s)"
+    )
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0, help="random weights and demo images (default: %(default)s)")
     parser.add_argument(
