@@ -136,6 +136,15 @@ def test_a_learned_method_comes_from_its_checkpoint(tmp_path):
     row = got["dpc_knn"]
     assert row["checkpoint"] == str(path) and row["random_weights"] == "False" and row["tokens"] == "98/49/24"
     assert float(row["score"]) == pytest.approx(demo_accuracy(model, 4))
+    # the same file as the backbone: its classifier fits the demo's 10 classes, so the unreduced model is its own
+    out = tmp_path / "trained backbone"
+    main([*SMALL, "--methods", "topk", "--rates", "0.5", "--pretrained-path", str(path), "--out", str(out)])
+    got = {row["method"]: row for row in rows(out)}
+    assert {row["weights"] for row in got.values()} == {str(path)} and got["none"]["random_weights"] == "False"
+    unreduced = timm.create_model("deit_tiny_patch16_224", num_classes=10)
+    unreduced.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("reducers.")})
+    assert float(got["none"]["score"]) == pytest.approx(demo_accuracy(unreduced, 4))
+    assert "Random weights" not in (out / "index.html").read_text()
 
 
 def test_pretrained_weights_with_a_classifier_of_other_classes_are_flagged(tmp_path):

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 import tokred
+from tokred.models import read_state_dict
 from tokred.reducers import METHODS, build_reducers
 from tokred.sweep.page import write_page
 from tokred.sweep.plot import write_figure
@@ -123,23 +124,32 @@ def eval_split(args: argparse.Namespace) -> Dataset:
 
 def backbone(args: argparse.Namespace, num_classes: int) -> tuple[nn.Module, str, bool]:
     """(the plain model every parameter-free configuration starts from, its weights in words, whether its
-    accuracy is that of untrained weights: random, or a classifier newly made for this dataset's classes)."""
+    accuracy is that of untrained weights: random, or a classifier newly made for this dataset's classes).
+
+    A ``--pretrained-path`` whose classifier fits the dataset (e.g. a best_checkpoint.pth of train/main.py, its
+    ``reducers.*`` left out) is loaded whole; otherwise timm's loader reads it and makes a new classifier.
+    """
     torch.manual_seed(args.seed)
-    model = tokred.create_backbone(args.model, pretrained_path=args.pretrained_path, num_classes=num_classes)
-    if args.pretrained_path is None:
-        return model, f"random (seed {args.seed})", True
-    trained_classes = model.pretrained_cfg.get("num_classes")
-    if trained_classes != num_classes:
+    path = args.pretrained_path
+    if path is None:
+        return tokred.create_backbone(args.model, num_classes=num_classes), f"random (seed {args.seed})", True
+    state = read_state_dict(path)
+    head = state.get("head.weight")
+    if head is None or head.shape[0] != num_classes:
         log.warning(
-            "%s has a %s-class classifier, %s has %d classes: the classifier is new (random), so the accuracies "
-            "are chance level",
-            args.pretrained_path,
-            trained_classes,
-            args.dataset,
+            "%s has no %d-class classifier for %s: the classifier is new (random), so the accuracies are chance level",
+            path,
             num_classes,
+            args.dataset,
         )
-        return model, f"{args.pretrained_path} (new random classifier)", True
-    return model, args.pretrained_path, False
+        model = tokred.create_backbone(args.model, pretrained_path=path, num_classes=num_classes)
+        return model, f"{path} (new random classifier)", True
+    model = tokred.create_backbone(args.model, num_classes=num_classes)
+    try:
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("reducers.")})
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not fit {args.model} with {num_classes} classes: {error}") from error
+    return model, path, False
 
 
 def reducers(method: str, model: nn.Module, r: float, loc: Sequence[int]) -> nn.ModuleDict:
