@@ -8,6 +8,7 @@ all the FLOP reduction promises; the goal is ≥ 0.85). Optionally one training 
     python bench/models.py --models deit_tiny_patch16_224 deit_small_patch16_224 deit_base_patch16_224 \\
         --rates 0.25 0.5 0.7 0.9 --batch 16 --train-step     # the whole grid (long on a CPU)
     python bench/models.py --device cuda --dtype bfloat16 --batch 256
+    python bench/models.py --models deit_tiny_patch16_224 --batch 8 --compile   # + torch.compile, same run
 """
 
 import argparse
@@ -42,6 +43,12 @@ class Row:
     flop_ratio: float = 1.0
     speedup: float = 1.0
     train_step_ms: float | None = None
+    compiled_images_per_s: float | None = None
+
+    @property
+    def compile_speedup(self) -> float | None:
+        """torch.compile's images/s over eager's, timed in turns."""
+        return None if self.compiled_images_per_s is None else self.compiled_images_per_s / self.images_per_s
 
     @property
     def efficiency(self) -> float:
@@ -57,7 +64,7 @@ def gflops(model: torch.nn.Module, images: torch.Tensor) -> float:
 
 
 def inference(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype) -> tuple[Callable[[], None], tuple]:
-    """A call of one inference pass, in the form bench.timing.measure takes."""
+    """A call of one inference pass, in the form tokred.timing.measure takes."""
     autocast = torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def run() -> None:
@@ -65,6 +72,11 @@ def inference(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype) 
             model(images)
 
     return run, ()
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile (inductor) of the eval model in one graph (a graph break fails the row)."""
+    return torch.compile(model, fullgraph=True)
 
 
 def train_step_ms(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype) -> float:
@@ -92,8 +104,13 @@ def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> l
     for name in args.models:
         torch.manual_seed(0)
         base = timm.create_model(name).to(device).eval()
-        base_ms = measure({"base": inference(base, images, dtype)}, device, args.min_time)["base"]
-        base_row = Row(name, "none", 1.0, gflops(base, images[:2]), len(images) / base_ms * 1e3)
+        fns = {"base": inference(base, images, dtype)}
+        if args.compile:
+            fns["compiled"] = inference(compiled(base), images, dtype)
+        base_ms = measure(fns, device, args.min_time)
+        base_row = Row(name, "none", 1.0, gflops(base, images[:2]), len(images) / base_ms["base"] * 1e3)
+        if args.compile:
+            base_row.compiled_images_per_s = len(images) / base_ms["compiled"] * 1e3
         if args.train_step:
             base_row.train_step_ms = train_step_ms(base, train_images, dtype)
         log.info("%s unreduced: %.2f GFLOPs, %.1f img/s", name, base_row.gflops, base_row.images_per_s)
@@ -103,11 +120,10 @@ def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> l
                 model = tokred.patch(copy.deepcopy(base), method, rate, tuple(args.loc)).eval()
                 flops = gflops(model, images[:2])
                 # the unreduced model again, in turns with this one: the speed-up is a ratio of one run
-                ms = measure(
-                    {"base": inference(base, images, dtype), "reduced": inference(model, images, dtype)},
-                    device,
-                    args.min_time,
-                )
+                fns = {"base": inference(base, images, dtype), "reduced": inference(model, images, dtype)}
+                if args.compile:
+                    fns["compiled"] = inference(compiled(model), images, dtype)
+                ms = measure(fns, device, args.min_time)
                 row = Row(
                     name,
                     method,
@@ -117,6 +133,8 @@ def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> l
                     flops / base_row.gflops,
                     ms["base"] / ms["reduced"],
                 )
+                if args.compile:
+                    row.compiled_images_per_s = len(images) / ms["compiled"] * 1e3
                 if args.train_step and rate == args.rates[0]:
                     row.train_step_ms = train_step_ms(model, train_images, dtype)
                 log.info(
@@ -133,16 +151,21 @@ def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> l
 
 
 def table(rows: list[Row]) -> str:
+    compile_columns = any(r.compiled_images_per_s is not None for r in rows)
+    extra = " compiled img/s | × compile |" if compile_columns else ""
     lines = [
-        "| model | method | r | GFLOPs | FLOP ratio | img/s | speed-up | efficiency | train step ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| model | method | r | GFLOPs | FLOP ratio | img/s | speed-up | efficiency | train step ms |{extra}",
+        "|---|---|---|---|---|---|---|---|---|" + "---|---|" * compile_columns,
     ]
     for r in rows:
         train = f"{r.train_step_ms:.0f}" if r.train_step_ms is not None else "–"
-        lines.append(
+        line = (
             f"| {r.model} | {r.method} | {r.keep_rate:g} | {r.gflops:.2f} | {r.flop_ratio:.3f} | {r.images_per_s:.1f} "
             f"| {r.speedup:.2f} | {r.efficiency:.2f} | {train} |"
         )
+        if compile_columns and r.compiled_images_per_s is not None:
+            line += f" {r.compiled_images_per_s:.1f} | {r.compile_speedup:.2f} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -157,6 +180,11 @@ def main() -> None:
         "--train-step", action="store_true", help="also time one training step per method (at the first rate)"
     )
     parser.add_argument("--train-batch", type=int, default=16)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile (inductor, one graph) of every model, in turns with eager",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
@@ -174,7 +202,12 @@ def main() -> None:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"models_{device.type}_{args.dtype}.json"
-    record = {"device": name, "dtype": args.dtype, "batch": args.batch, "rows": [asdict(r) for r in rows]}
+    record = {
+        "device": name,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "rows": [asdict(r) | {"compile_speedup": r.compile_speedup} for r in rows],
+    }
     path.write_text(json.dumps(record, indent=1))
     print(f"\nwritten to {path}")
 

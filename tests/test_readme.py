@@ -24,6 +24,8 @@ SKIPPED = {
     "--rates 0.25 0.5 0.7 0.9 --batch 16 --train-step": "a benchmark: many minutes of CPU time",
     "python bench/models.py --device cuda --dtype bfloat16 --batch 256": "needs a GPU",
     "python bench/models.py --batch 1": "a benchmark: a minute of CPU time",
+    "python bench/models.py --models deit_tiny_patch16_224 --batch 8 --compile --methods topk tome dpc_knn ats "
+    "--min-time 1": "a benchmark: minutes of compilation",
     "python -m tokred.sweep --out sweeps/demo": "the default sweep: minutes of CPU time",
     "python -m tokred.sweep --model deit_small_patch16_224 --pretrained-path deit_small.pth --dataset imagenet "
     "--data /data/imagenet --rates 0.25 0.5 0.7 0.9 --limit 0 --batch 256 --device cuda --out sweeps/imagenet": (

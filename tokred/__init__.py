@@ -1,6 +1,7 @@
 """tokred: token reduction in Vision Transformers."""
 
 from tokred import ops
+from tokred.export import export_onnx, export_program
 from tokred.models import create_backbone, create_model
 from tokred.patch import ReducingVisionTransformer, patch
 from tokred.reducers import METHODS, DynamicViTLoss, MethodInfo, method_info
@@ -15,6 +16,8 @@ __all__ = [
     "Trace",
     "create_backbone",
     "create_model",
+    "export_onnx",
+    "export_program",
     "method_info",
     "ops",
     "patch",
