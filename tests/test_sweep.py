@@ -56,8 +56,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_methods_with_parameters_are_found_from_their_modules():
-    model = timm.create_model("deit_tiny_patch16_224", depth=12)
-    assert learned_methods(model, (3, 6, 9)) == {"dynamicvit", "dpc_knn", "sit", "patchmerger", "sinkhorn"}
+    assert learned_methods() == {"dynamicvit", "dpc_knn", "sit", "patchmerger", "sinkhorn"}
 
 
 def test_csv_holds_one_row_per_configuration(swept):

@@ -13,7 +13,7 @@ import torch
 import tokred
 from tokred.export import Deployed, default_example, export_onnx, output_names
 from tokred.models import read_state_dict
-from tokred.reducers import parse_options
+from tokred.reducers import learned, parse_options
 
 log = logging.getLogger("tokred.export")
 
@@ -56,8 +56,7 @@ def build(args: argparse.Namespace) -> tokred.ReducingVisionTransformer:
         )
     state = read_state_dict(args.pretrained_path)
     if not any(key.startswith("reducers.") for key in state):  # backbone weights: timm's loader reads them
-        learned = any(True for _ in tokred.create_model(args.model, args.method, args.r, loc).reducers.parameters())
-        if learned:
+        if learned(args.method):
             log.warning(
                 "%s has no reducers.* weights: the learned %s modules keep their random initialisation",
                 args.pretrained_path,

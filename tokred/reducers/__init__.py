@@ -56,6 +56,11 @@ def parse_options(method: str, items: Sequence[str]) -> dict[str, object]:
     return parse_method_options(method, METHODS[method], items)
 
 
+def learned(method: str) -> bool:
+    """Whether the stages of ``method`` have parameters of their own (they need training), found by building one."""
+    return any(True for _ in build_reducers(method, 8, 16, 4, 0.5, (1,), {}).parameters())
+
+
 def build_reducers(
     method: str,
     dim: int,
@@ -81,6 +86,7 @@ __all__ = [
     "MethodInfo",
     "Reducer",
     "build_reducers",
+    "learned",
     "method_info",
     "options_of",
     "parse_options",

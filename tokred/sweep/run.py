@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 import tokred
 from tokred.models import read_state_dict
-from tokred.reducers import METHODS, build_reducers
+from tokred.reducers import METHODS, build_reducers, learned
 from tokred.sweep.page import write_page
 from tokred.sweep.plot import write_figure
 from tokred.sweep.results import UNREDUCED, Config, Row, append_row, check_settings, read_rows
@@ -157,28 +157,28 @@ def reducers(method: str, model: nn.Module, r: float, loc: Sequence[int]) -> nn.
     return build_reducers(method, model.embed_dim, model.patch_embed.num_patches, len(model.blocks), r, loc, {})
 
 
-def learned_methods(model: nn.Module, loc: Sequence[int]) -> set[str]:
-    """The methods whose reducers have parameters of their own (they need training), found by building them."""
-    return {m for m in METHODS if any(True for _ in reducers(m, model, 1.0, loc).parameters())}
+def learned_methods() -> set[str]:
+    """The methods whose reducers have parameters of their own (they need training)."""
+    return {m for m in METHODS if learned(m)}
 
 
 def plan(args: argparse.Namespace, base: nn.Module, trained: dict[Config, TrainConfig]) -> list[Config]:
     """The configurations of the sweep: the unreduced model, every parameter-free method at every rate, and the
     checkpoints; a learned method without a checkpoint is refused (ValueError saying what to pass)."""
-    learned = learned_methods(base, args.loc)
-    methods = args.methods or [m for m in METHODS if m not in learned]
-    missing = [m for m in methods if m in learned and all(c.method != m for c in trained)]
+    needs_training = learned_methods()
+    methods = args.methods or [m for m in METHODS if m not in needs_training]
+    missing = [m for m in methods if m in needs_training and all(c.method != m for c in trained)]
     if missing:
         raise ValueError(
             f"{', '.join(missing)} learn parameters of their own, which untrained reducers lack: pass --checkpoints "
             f"runs/<run>/best_checkpoint.pth of a run of train/main.py --method {missing[0]} (one per keep rate), "
             "or leave them out of --methods"
         )
-    if learned & set(methods):
-        log.info("%s: the keep rates are their checkpoints' own", ", ".join(sorted(learned & set(methods))))
+    if needs_training & set(methods):
+        log.info("%s: the keep rates are their checkpoints' own", ", ".join(sorted(needs_training & set(methods))))
     configs = [Config(UNREDUCED, 1.0)]
     for method in methods:
-        if method not in learned:
+        if method not in needs_training:
             for r in args.rates:
                 reducers(method, base, r, args.loc)  # an emptied stage is refused now, naming the r
                 configs.append(Config(method, r))
