@@ -16,7 +16,6 @@ import copy
 import json
 import logging
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import tokred  # noqa: E402
-from tokred.timing import measure  # noqa: E402
+from tokred.timing import forward_pass, measure  # noqa: E402
 
 log = logging.getLogger("bench.models")
 
@@ -63,17 +62,6 @@ def gflops(model: torch.nn.Module, images: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9 / len(images)
 
 
-def inference(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype) -> tuple[Callable[[], None], tuple]:
-    """A call of one inference pass, in the form tokred.timing.measure takes."""
-    autocast = torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    def run() -> None:
-        with torch.inference_mode(), autocast:
-            model(images)
-
-    return run, ()
-
-
 def compiled(model: torch.nn.Module) -> torch.nn.Module:
     """torch.compile (inductor) of the eval model in one graph (a graph break fails the row)."""
     return torch.compile(model, fullgraph=True)
@@ -104,9 +92,9 @@ def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> l
     for name in args.models:
         torch.manual_seed(0)
         base = timm.create_model(name).to(device).eval()
-        fns = {"base": inference(base, images, dtype)}
+        fns = {"base": forward_pass(base, images, dtype)}
         if args.compile:
-            fns["compiled"] = inference(compiled(base), images, dtype)
+            fns["compiled"] = forward_pass(compiled(base), images, dtype)
         base_ms = measure(fns, device, args.min_time)
         base_row = Row(name, "none", 1.0, gflops(base, images[:2]), len(images) / base_ms["base"] * 1e3)
         if args.compile:
@@ -120,9 +108,9 @@ def run(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> l
                 model = tokred.patch(copy.deepcopy(base), method, rate, tuple(args.loc)).eval()
                 flops = gflops(model, images[:2])
                 # the unreduced model again, in turns with this one: the speed-up is a ratio of one run
-                fns = {"base": inference(base, images, dtype), "reduced": inference(model, images, dtype)}
+                fns = {"base": forward_pass(base, images, dtype), "reduced": forward_pass(model, images, dtype)}
                 if args.compile:
-                    fns["compiled"] = inference(compiled(model), images, dtype)
+                    fns["compiled"] = forward_pass(compiled(model), images, dtype)
                 ms = measure(fns, device, args.min_time)
                 row = Row(
                     name,

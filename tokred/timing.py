@@ -43,3 +43,17 @@ def measure(
             times[name].append(timed(fn, args, calls[name]) * 1e3)
         rounds += 1
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def forward_pass(
+    model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[Callable[[], None], tuple]:
+    """One inference pass of ``model`` on ``images`` (under autocast to ``dtype`` unless float32), in the form
+    :func:`measure` takes."""
+    autocast = torch.autocast(images.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def run() -> None:
+        with torch.inference_mode(), autocast:
+            model(images)
+
+    return run, ()

@@ -4,7 +4,7 @@ import argparse
 import copy
 import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ from tokred.reducers import METHODS, build_reducers, learned
 from tokred.sweep.page import write_page
 from tokred.sweep.plot import write_figure
 from tokred.sweep.results import UNREDUCED, Config, Row, append_row, check_settings, read_rows
-from tokred.timing import measure
+from tokred.timing import forward_pass, measure
 
 try:  # the repository's training and analysis code: the sweep runs from the repository root, as they do
     from analysis.extract import build_model, load_checkpoint, score
@@ -200,16 +200,6 @@ def load_checkpoints(args: argparse.Namespace) -> dict[Config, tuple[TrainConfig
     return found
 
 
-def inference(model: nn.Module, images: torch.Tensor) -> tuple[Callable[[], object], tuple]:
-    """One forward pass without autograd, in the form :func:`tokred.timing.measure` takes."""
-
-    def run() -> None:
-        with torch.inference_mode():
-            model(images)
-
-    return run, ()
-
-
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, multi_label: bool
@@ -278,9 +268,9 @@ def sweep(args: argparse.Namespace) -> Path:
         else:
             model = tokred.patch(copy.deepcopy(base), config.method, config.r, args.loc).eval()
         metric, value, tokens = evaluate(model, loader, device, full.multi_label)
-        pair = {"model": inference(model, timed)} | ({} if model is base else {"base": inference(base, timed)})
+        pair = {"model": forward_pass(model, timed)} | ({} if model is base else {"base": forward_pass(base, timed)})
         ms = measure(pair, device, args.min_time)
-        latency = measure({"model": inference(model, timed[:1])}, device, args.min_time)["model"]
+        latency = measure({"model": forward_pass(model, timed[:1])}, device, args.min_time)["model"]
         row = Row(
             method=config.method,
             r=config.r,
