@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
@@ -40,10 +41,27 @@ def output_names(model: ReducingVisionTransformer, assignments: bool) -> list[st
     return ["logits", *(f"assignment_{block}" for block in model.reducers if assignments)]
 
 
-def default_example(model: ReducingVisionTransformer, batch: int = 2) -> Tensor:
-    """Random images [batch, 3, H, W] at the model's size, on its device and in its dtype."""
+def default_example(model: ReducingVisionTransformer, batch: int = 2, seed: int | None = None) -> Tensor:
+    """Random images [batch, 3, H, W] at the model's size, on its device and in its dtype (from ``seed`` when
+    given, else from torch's global generator)."""
     param = next(model.parameters())
-    return torch.randn(batch, 3, *model.patch_embed.img_size, device=param.device, dtype=param.dtype)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, *model.patch_embed.img_size, generator=generator, dtype=param.dtype)
+    return images.to(param.device)
+
+
+def grouping(assignment: np.ndarray) -> np.ndarray:
+    """A stage's assignment [B, P] (token of each patch, -1 dropped) with each image's tokens renumbered in the
+    order of their first patch, -1 kept: two assignments group the patches into the same tokens exactly when their
+    groupings are equal, whatever order the tokens stand in (a near tie in a ranking may order two kept tokens
+    either way, with the same logits)."""
+    batch, patches = assignment.shape
+    shifted = assignment + 1  # -1 → 0
+    first = np.full((batch, shifted.max(initial=0) + 1), patches)
+    np.minimum.at(first, (np.arange(batch)[:, None], shifted), np.arange(patches))
+    first[:, 0] = -1  # "dropped" ranks first and stays -1
+    rank = np.argsort(np.argsort(first, axis=1, kind="stable"), axis=1)
+    return np.take_along_axis(rank, shifted, 1) - 1
 
 
 @contextmanager
@@ -135,4 +153,4 @@ def export_onnx(
     return path
 
 
-__all__ = ["Deployed", "export_onnx", "export_program", "output_names"]
+__all__ = ["Deployed", "export_onnx", "export_program", "grouping", "output_names"]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 import tokred
-from tokred.export import Deployed, default_example, export_onnx, output_names
+from tokred.export import Deployed, default_example, export_onnx, grouping, output_names
 from tokred.models import read_state_dict
 from tokred.reducers import learned, parse_options
 
@@ -41,6 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
     parser.add_argument("--batch", type=int, default=2, help="batch of the example traced (the batch stays dynamic)")
     parser.add_argument("--assignments", action="store_true", help="also output each stage's patch assignment")
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest logit difference the check accepts")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
     return parser.parse_args(argv)
 
@@ -83,21 +84,30 @@ def build(args: argparse.Namespace) -> tokred.ReducingVisionTransformer:
     return model
 
 
-def verify(model: tokred.ReducingVisionTransformer, path: Path, batch: int, assignments: bool) -> float:
-    """Run the file in onnxruntime on random images of ``batch`` ≠ the example's; the largest logit difference
-    from PyTorch. Raises when the assignments differ."""
+def verify(model: tokred.ReducingVisionTransformer, path: Path, batch: int, assignments: bool, atol: float) -> float:
+    """Run the file in onnxruntime on ``batch`` (≠ the example's) random images of a fixed seed; the largest logit
+    difference from PyTorch. Raises when it exceeds ``atol`` or when a stage groups the patches into other tokens
+    (the tokens' order may differ: see :func:`grouping`)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    images = default_example(model, batch)
+    images = default_example(model, batch, seed=0)
     outputs = session.run(None, {"images": images.cpu().numpy()})
     with torch.no_grad():
         expected = Deployed(model.eval(), assignments)(images)
-    expected = expected if isinstance(expected, tuple) else (expected,)
+    expected = [t.cpu().numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
     for name, got, want in zip(output_names(model, assignments)[1:], outputs[1:], expected[1:], strict=True):
-        if not np.array_equal(got, want.cpu().numpy()):
-            raise RuntimeError(f"{path}: {name} differs from PyTorch's ({(got != want.cpu().numpy()).sum()} patches)")
-    return float(np.abs(outputs[0] - expected[0].cpu().numpy()).max())
+        differ = (grouping(got) != grouping(want)).any(1)
+        if differ.any():
+            raise RuntimeError(
+                f"{path}: at {name} onnxruntime groups the patches of {differ.sum()} of {batch} images into other "
+                "tokens than PyTorch. A score tied to float32 rounding can do this (README, Deploy); check the file "
+                "on your own images, or pass --no-verify to skip this check"
+            )
+    error = float(np.abs(outputs[0] - expected[0]).max())
+    if error > atol:
+        raise RuntimeError(f"{path}: onnxruntime's logits differ from PyTorch's by {error:.3g}, above --atol {atol}")
+    return error
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -109,12 +119,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     model = build(args).eval()
     path = export_onnx(model, args.out, default_example(model, args.batch), args.opset, args.assignments)
     if not args.no_verify:
-        error = verify(model, path, args.batch + 1, args.assignments)
+        error = verify(model, path, args.batch + 1, args.assignments, args.atol)
         log.info(
             "onnxruntime at batch %d: logits within %.2g of PyTorch%s",
             args.batch + 1,
             error,
-            ", assignments identical" if args.assignments else "",
+            ", every stage's tokens the same" if args.assignments else "",
         )
     return path
 
