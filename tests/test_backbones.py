@@ -121,6 +121,20 @@ def test_pooling_weights_tokens_by_the_patches_they_hold():
         torch.testing.assert_close(pooled, torch.cat([attending.attn_pool(c[None]) for c in copies]))
 
 
+@pytest.mark.parametrize("pool", ["avg", "max", "avgmax", "map"])
+def test_pooling_follows_dynamicvits_training_policy_even_when_it_drops_every_token(pool):
+    """Tokens dropped in training count in no pooling; an image with none left pools all of them, finitely."""
+    x = torch.randn(2, 5, 48, requires_grad=True)
+    policy = torch.tensor([[1.0, 0, 1, 0, 1], [0.0] * 5])
+    model = without_class_token("dynamicvit", pool).train()
+    pooled = model.pool(x, state=TokenState(0, False, policy=policy))
+    pooled.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    with torch.no_grad():
+        torch.testing.assert_close(pooled[0], model.pool(x[:1, [0, 2, 4]])[0])
+        torch.testing.assert_close(pooled[1], model.pool(x[1:])[0])
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_registers_stay_in_front_of_every_method(images, method):
     torch.manual_seed(0)

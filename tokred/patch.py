@@ -160,20 +160,23 @@ class ReducingVisionTransformer(VisionTransformer):
         Modifications: given the token state, pooling over tokens follows it: "avg", "max" and "avgmax" leave
         ATS's padding slots and tokens dropped in DynamicViT training out, and "avg" weights each token by the
         patches it holds where sizes are tracked (ToMe, as its proportional attention does); "map" attention
-        pooling gets the blocks' key bias (padding masked, ToMe's log sizes). "token" reads the class token.
+        pooling gets the blocks' key bias (padding masked, ToMe's log sizes). "token" reads the class token. An image
+        whose tokens DynamicViT training all dropped pools them all, unweighted (there is nothing to leave out).
         """
         weight = None if state is None else state.token_weight(x)
         pool_type = self.global_pool if pool_type is None else pool_type
         if weight is None or (pool_type == "token" and self.attn_pool is None):
             return super().pool(x, pool_type)
         start = 0 if self.pool_include_prefix else self.num_prefix_tokens
+        counted = (weight[:, start:] > 0).any(1, keepdim=True)  # [B, 1]: False where training dropped every token
         if self.attn_pool is not None:
             bias = state.attn_bias(x.dtype)
             if state.policy is not None:
-                dropped = torch.zeros_like(state.policy, dtype=x.dtype).masked_fill(state.policy == 0, -torch.inf)
-                bias = dropped[:, None, None, :] if bias is None else bias + dropped[:, None, None, :]
+                dropped = (state.policy == 0) & counted
+                masked = torch.zeros_like(state.policy, dtype=x.dtype).masked_fill(dropped, torch.finfo(x.dtype).min)
+                bias = masked[:, None, None, :] if bias is None else bias + masked[:, None, None, :]
             return self.attn_pool(x[:, start:], attn_mask=None if bias is None else bias[..., start:])
-        tokens, weight = x[:, start:], weight[:, start:, None]
+        tokens, weight = x[:, start:], torch.where(counted, weight[:, start:], 1.0)[..., None]
         mean = (tokens * weight).sum(1) / weight.sum(1)
         if pool_type == "avg":
             return mean
