@@ -228,3 +228,21 @@ def test_the_command_line(tmp_path):
     assert_matches(session.run(None, {"images": x.numpy()}), eager(trained.eval(), x))
     wrong = subprocess.run([*command, "--method", "sinkhorn", "--no-verify"], capture_output=True, text=True)
     assert wrong.returncode != 0 and "does not fit" in wrong.stderr
+
+
+def test_the_command_line_writes_a_torch_export_program(tmp_path):
+    from tokred.export.__main__ import main
+
+    torch.manual_seed(2)
+    trained = tokred.create_model("deit_tiny_patch16_224", "ats", 0.5, num_classes=10)
+    torch.save(trained.state_dict(), tmp_path / "ats.pth")
+    arguments = ["--model", "deit_tiny_patch16_224", "--method", "ats", "--pretrained-path", str(tmp_path / "ats.pth")]
+    path = main([*arguments, "--out", str(tmp_path / "ats.pt2"), "--assignments"])  # checked inside
+    program = torch.export.load(path)
+    assert any(node.target == torch.ops.tokred.ats_sample.default for node in program.graph.nodes)
+    x = images(3)
+    with torch.no_grad():
+        got = [t.numpy() for t in program.module()(torch.nn.functional.interpolate(x, 224))]
+    assert_matches(got, eager(trained.eval(), torch.nn.functional.interpolate(x, 224)), atol=1e-5)
+    with pytest.raises(SystemExit, match=r"\.onnx or \.pt2"):
+        main([*arguments, "--out", str(tmp_path / "ats.trt")])

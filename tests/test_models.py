@@ -319,6 +319,21 @@ def test_pretrained_from_a_local_file(tmp_path):
     assert model.head.out_features == 5
 
 
+def test_pretrained_file_keeps_its_classifier_where_it_fits(tmp_path):
+    """A fine-tuned checkpoint (10 classes, where timm's DeiT has 1000) keeps its classifier when asked for 10
+    classes or for none; asked for another size, the classifier is new."""
+    torch.manual_seed(4)
+    source = timm.create_model("deit_tiny_patch16_224", num_classes=10)
+    path = tmp_path / "fine_tuned.pth"
+    torch.save({"model": source.state_dict()}, path)
+    for num_classes in (10, None):
+        model = tokred.create_model("deit_tiny_patch16_224", "tome", pretrained_path=path, num_classes=num_classes)
+        torch.testing.assert_close(model.head.weight, source.head.weight)
+    model = tokred.create_model("deit_tiny_patch16_224", "tome", pretrained_path=path, num_classes=3)
+    assert model.head.out_features == 3
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+
+
 def test_dynamicvit_training(images):
     """Decisions never revive a dropped token; the loss has its four terms and reaches the predictors."""
     model = tiny("dynamicvit", 0.5).train()

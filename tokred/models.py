@@ -55,6 +55,13 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
+def classifier_name(name: str) -> str:
+    """The module name of the classifier of timm model ``name`` ("head" for ViTs)."""
+    cfg = timm.get_pretrained_cfg(name.split(".")[0])
+    classifier = getattr(cfg, "classifier", None) or "head"
+    return classifier if isinstance(classifier, str) else classifier[0]  # distilled models: (head, head_dist)
+
+
 def create_backbone(
     name: str,
     pretrained: bool = False,
@@ -64,8 +71,9 @@ def create_backbone(
 ) -> timm.models.VisionTransformer:
     """The plain timm model ``name`` with its weights: timm's pretrained ones (needs the network), or a local
     checkpoint ``pretrained_path`` (``.pth``, a state dict or ``{"model": state_dict}``, or ``.safetensors``;
-    implies ``pretrained``). ``num_classes`` gives a new classifier of that size; offline without a file the
-    download fails at once with an error that says what to do."""
+    implies ``pretrained``). ``num_classes`` gives a classifier of that size: the checkpoint's own where it has
+    that size (a fine-tuned model), else a new one; None keeps the checkpoint's classifier, or timm's size without
+    a file. Offline without a file the download fails at once with an error that says what to do."""
     kwargs = dict(timm_kwargs)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -74,6 +82,9 @@ def create_backbone(
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights not found: {path}")
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        head = read_state_dict(path).get(f"{classifier_name(name)}.weight")
+        if head is not None:  # timm keeps a file's classifier only when its size is the configuration's
+            kwargs["pretrained_cfg_overlay"]["num_classes"] = head.shape[0]
         pretrained = True
     download = pretrained and pretrained_path is None
     try:
