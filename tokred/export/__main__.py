@@ -59,9 +59,6 @@ def build(args: argparse.Namespace) -> tokred.ReducingVisionTransformer:
             args.model, args.method, args.r, loc, num_classes=args.num_classes, method_options=options
         )
     state = read_state_dict(args.pretrained_path)
-    num_classes = args.num_classes
-    if num_classes is None and "head.weight" in state:  # a fine-tuned model's classes
-        num_classes = state["head.weight"].shape[0]
     if not any(key.startswith("reducers.") for key in state):  # backbone weights: timm's loader reads them
         if learned(args.method):
             log.warning(
@@ -75,9 +72,10 @@ def build(args: argparse.Namespace) -> tokred.ReducingVisionTransformer:
             args.r,
             loc,
             pretrained_path=args.pretrained_path,
-            num_classes=num_classes,
+            num_classes=args.num_classes,
             method_options=options,
         )
+    num_classes = args.num_classes if args.num_classes is not None else state["head.weight"].shape[0]
     model = tokred.create_model(args.model, args.method, args.r, loc, num_classes=num_classes, method_options=options)
     try:
         model.load_state_dict(state)
@@ -103,12 +101,16 @@ def write(model: tokred.ReducingVisionTransformer, args: argparse.Namespace) -> 
     return args.out
 
 
+def as_arrays(outputs: Tensor | tuple[Tensor, ...]) -> list[np.ndarray]:
+    """A :class:`Deployed` module's outputs (logits, or logits and assignments) as arrays."""
+    return [t.cpu().numpy() for t in (outputs if isinstance(outputs, tuple) else (outputs,))]
+
+
 def run_file(path: Path, images: Tensor) -> list[np.ndarray]:
     """The outputs of a written file on images [B, 3, H, W], run as :data:`RUNTIMES` says."""
     if path.suffix == ".pt2":
         with torch.no_grad():
-            outputs = torch.export.load(path).module()(images)
-        return [t.cpu().numpy() for t in (outputs if isinstance(outputs, tuple) else (outputs,))]
+            return as_arrays(torch.export.load(path).module()(images))
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -123,8 +125,7 @@ def verify(model: tokred.ReducingVisionTransformer, path: Path, batch: int, assi
     images = default_example(model, batch, seed=0)
     outputs = run_file(path, images)
     with torch.no_grad():
-        expected = Deployed(model.eval(), assignments)(images)
-    expected = [t.cpu().numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
+        expected = as_arrays(Deployed(model.eval(), assignments)(images))
     for name, got, want in zip(output_names(model, assignments)[1:], outputs[1:], expected[1:], strict=True):
         differ = (grouping(got) != grouping(want)).any(1)
         if differ.any():
